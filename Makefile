@@ -1,0 +1,73 @@
+# cardbridge — one entry point for setting up, testing, demonstrating and benchmarking.
+#
+#   make setup   Debian packages (as root, only the missing ones), .venv with the project,
+#                the virtual sound card plugin.  Idempotent.
+#   make test    setup + the whole test suite
+#   make demo    setup + the service on its embedded default (virtual cards, private JACK and bus)
+#   make bench   setup + benchmarks against zita-a2j/j2a and alsa_in/alsa_out
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+PYTHON ?= python3
+BUILD := build
+VCARD_SO := $(BUILD)/alsa-lib/libasound_module_pcm_cbvcard.so
+VCARD_SRC := service/cardbridge/sandbox/vcard.c
+
+APT_PACKAGES := gcc make pkg-config python3-venv \
+	jackd2 libjack-jackd2-dev libasound2-dev libasound2-plugins alsa-utils \
+	dbus-daemon dbus-bin systemd zita-ajbridge qjackctl \
+	tmux iproute2 util-linux procps
+
+.PHONY: setup apt venv vcard test demo bench man completions clean
+
+setup: apt venv vcard man completions
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "missing Debian packages:$$missing (run 'sudo make setup' once)" >&2; exit 1; \
+	  fi; \
+	fi
+
+$(VENV)/.installed: pyproject.toml setup.py service/cardbridge/engine/rtcore_build.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel cffi
+	$(PIP) install -q -e '.[test,bench]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+$(VCARD_SO): $(VCARD_SRC)
+	mkdir -p $(dir $@)
+	gcc -O2 -g -Wall -Wextra -fPIC -shared -o $@ $< -lasound -lm -lrt -lpthread
+
+vcard: $(VCARD_SO)
+
+man: venv
+	@mkdir -p $(BUILD)/man
+	@$(PY) -m cardbridge_cli.docs man > $(BUILD)/man/cardbridge.1 2>/dev/null || true
+
+completions: venv
+	@mkdir -p $(BUILD)/completions
+	@$(PY) -m cardbridge_cli.docs bash > $(BUILD)/completions/cardbridge.bash 2>/dev/null || true
+	@$(PY) -m cardbridge_cli.docs zsh > $(BUILD)/completions/_cardbridge 2>/dev/null || true
+
+test: setup
+	$(PY) -m pytest -q -ra
+
+demo: setup
+	$(PY) -m cardbridge.sandbox.demo
+
+bench: setup
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(BUILD) $(VENV) *.egg-info service/*.egg-info
