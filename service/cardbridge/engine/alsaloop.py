@@ -1,0 +1,451 @@
+"""The ALSA thread of a bridge worker: device I/O, resampling and drift control.
+
+Runs in one thread of the bridge worker process, at SCHED_FIFO where permitted. Opening, closing
+and recovery happen at the edges of `run()`; the per-period path (`*_rt` methods) only reads and
+writes preallocated buffers, the lock-free rings of the compiled core and the stats slot. It
+never logs: messages for the log are left in `notes` for the control thread to print.
+
+Measurement (see drift.py for the loop): at every period boundary of the card, filtered by the
+DLL, the pipeline content is compared with its target, both in JACK frames:
+  capture:  D = V − R(t_b)   V = resampler output for every device frame read (virtual count,
+                             Σ frames·ratio, so the resampler's fractional position is included)
+                             R(t_b) = ring read position JACK had reached at t_b, from the last
+                             cycle record interpolated with JACK's own cycle times
+  playback: D = W(t_b) − C + (U − played(t_b)) / r
+                             W(t_b) = ring write position of JACK at t_b (interpolated), C = JACK
+                             frames taken from the ring, U = device frames the resampler produced
+                             (virtual count, prefill included), played(t_b) = device frames the
+                             card had played at t_b
+The targets are the smallest delays that keep one device period and one JACK period of data in
+flight plus a safety margin; they are also the latencies reported to JACK.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+
+import numpy as np
+import samplerate
+
+from .. import names
+from ..drift import PeriodDLL, RatioLoop, jack_frames_at
+from ._rtcore import ffi, lib
+from .jackside import RING_FRAMES, JackSide
+from .pcmio import FORMATS, DeviceError, DeviceGone, SampleCodec, classify, open_pcm
+from .stats import INDEX, STATE_CODES, StatsSlot
+
+import alsaaudio
+
+CONVERTERS = {"best": "sinc_best", "medium": "sinc_medium", "fastest": "sinc_fastest",
+              "linear": "linear"}
+RING_MASK = RING_FRAMES - 1
+SYNC_PERIODS = 8          # DLL settling before the initial trim
+FORMAT_INDEX = {name: i + 1 for i, (name, _, _) in enumerate(FORMATS)}
+
+_lags: dict[str, tuple[float, float]] = {}
+
+
+def resampler_lags(converter: str) -> tuple[float, float]:
+    """(frames the converter withholds, frames its output content lags) at ratio 1, measured once."""
+    if converter not in _lags:
+        r = samplerate.Resampler(converter, 1)
+        x = np.zeros(8192, np.float32)
+        x[2000] = 1.0
+        out = [r.process(x[i:i + 256], 1.0) for i in range(0, len(x), 256)]
+        y = np.concatenate(out)
+        withheld = len(x) - len(y)
+        content = int(np.argmax(np.abs(y))) - 2000
+        _lags[converter] = (float(withheld), float(content))
+    return _lags[converter]
+
+
+def try_realtime(priority: int) -> str | None:
+    """Ask SCHED_FIFO for the calling thread; returns a warning when it is not permitted."""
+    try:
+        lo = os.sched_get_priority_min(os.SCHED_FIFO)
+        hi = os.sched_get_priority_max(os.SCHED_FIFO)
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(max(lo, min(hi, priority))))
+        return None
+    except (PermissionError, OSError) as exc:
+        return f"real-time scheduling not permitted for the ALSA thread ({exc.strerror}); running at normal priority"
+
+
+class Resync(Exception):
+    """Leave the streaming loop and start again (xrun, stall, JACK change)."""
+
+
+class AlsaBridge:
+    """Owns the device streams of one bridge; `run()` is the thread body."""
+
+    def __init__(self, spec, jack_side: JackSide, stats: StatsSlot, channels: tuple[int, int],
+                 device_rate: int | None, strict_rate: bool, priority: int = 70):
+        self.spec = spec
+        self.jack = jack_side
+        self.stats = stats
+        self.n_capture, self.n_playback = channels
+        self.device_rate = device_rate
+        self.strict_rate = strict_rate
+        self.priority = priority
+        self.stop = threading.Event()
+        self.wake = threading.Event()     # set by the control thread: retry the device now
+        self.notes: list[str] = []
+        self.learnt_ppm = 0.0          # kept across resyncs: re-lock starts from it
+        self.xruns = 0
+        self.resyncs = 0
+        self.underruns = 0
+        self.fatal: str | None = None
+        self.cap = self.pb = None
+        core = jack_side.core
+        self.p_cap_wr = ffi.addressof(core, "capture_wr")
+        self.p_pb_rd = ffi.addressof(core, "playback_rd")
+        self.p_pb_wr = ffi.addressof(core, "playback_wr")
+        self.thread = threading.Thread(target=self.run, name=f"alsa-{spec.client_name}", daemon=True)
+
+    # -- control side -------------------------------------------------------------------------
+    def start(self) -> None:
+        self.thread.start()
+
+    def request_stop(self, timeout: float = 2.0) -> None:
+        self.stop.set()
+        self.wake.set()
+        self.thread.join(timeout)
+
+    def poke(self) -> None:
+        self.wake.set()
+
+    def _pause(self, seconds: float) -> None:
+        self.wake.wait(seconds)
+        self.wake.clear()
+
+    def _set_state(self, state: str) -> None:
+        s = self.stats
+        s.begin_rt()
+        s.values[INDEX["state"]] = STATE_CODES[state]
+        s.end_rt()
+
+    # -- thread body --------------------------------------------------------------------------
+    def run(self) -> None:
+        warning = try_realtime(self.priority)
+        if warning:
+            self.notes.append(warning)
+        backoff = 0.2
+        while not self.stop.is_set() and not self.jack.events.shutdown.is_set():
+            try:
+                self._open()
+                self._stream()
+                backoff = 0.2
+            except Resync:
+                self.resyncs += 1
+                self.stats.add("restarts")
+            except DeviceGone:
+                self._close()
+                self._set_state(names.WAITING_FOR_DEVICE)
+                self.jack.core.mute_capture = 1
+                self._pause(backoff)
+                backoff = min(backoff * 1.5, 1.0)
+            except DeviceError as exc:
+                self._close()
+                self.notes.append(f"device error: {exc}")
+                self._set_state(names.FAILED)
+                self.fatal = str(exc)
+                self._pause(min(backoff * 4, 5.0))
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                self._close()
+        self.jack.core.mute_capture = 1
+
+    def _open(self) -> None:
+        spec = self.spec
+        rate = self.device_rate or self.jack.events.samplerate
+        if self.n_capture:
+            self.cap, self.cap_params = open_pcm(spec.pcm, "capture", self.n_capture, rate,
+                                                 spec.period, spec.periods, self.strict_rate)
+            rate = self.cap_params.rate
+        if self.n_playback:
+            self.pb, self.pb_params = open_pcm(spec.pcm, "playback", self.n_playback, rate,
+                                               spec.period, spec.periods, True)
+        self.rate = rate
+
+    def _close(self) -> None:
+        for attr in ("cap", "pb"):
+            pcm = getattr(self, attr)
+            setattr(self, attr, None)
+            if pcm is not None:
+                try:
+                    pcm.close()
+                except alsaaudio.ALSAAudioError:
+                    pass
+
+    # -- streaming ------------------------------------------------------------------------------
+    def _stream(self) -> None:
+        """Start the streams, trim the initial error, then run the drift loops until a resync."""
+        jk = self.jack
+        core = jk.core
+        ev = jk.events
+        ev.changed.clear()
+        fj = float(ev.samplerate)
+        fd = float(self.rate)
+        params = self.cap_params if self.cap is not None else self.pb_params
+        self.period = params.period
+        self.bufsize = params.period * params.periods
+        converter = CONVERTERS.get(self.spec.quality, "sinc_medium")
+        self.withheld, content_lag = resampler_lags(converter)
+        self.margin = max(32, self.period // 8)
+        learnt = 1.0 + self.learnt_ppm * 1e-6
+        self.dll = PeriodDLL(self.period, fd)
+        self.fd = fd
+        self._set_state(names.SYNCING)
+        core.mute_capture = 1
+        lat_c = lat_p = 0.0
+        if self.cap is not None:
+            self._capture_setup(converter, fj, fd, learnt, int(ev.blocksize))
+            lat_c = self.target_c + content_lag
+        if self.pb is not None:
+            self._playback_setup(converter, fj, fd, learnt)
+            lat_p = self.target_p + content_lag
+        jk.set_latencies(lat_c, lat_p)
+        self.stats.set(capture_latency=lat_c, playback_latency=lat_p, rate=fd,
+                       period=self.period, periods=params.periods, jack_rate=fj,
+                       jack_period=ev.blocksize, capture_channels=self.n_capture,
+                       playback_channels=self.n_playback,
+                       device_format=FORMAT_INDEX.get(params.format_name, 0))
+        self._loop_rt()
+
+    def _capture_setup(self, converter, fj, fd, learnt, n_jack) -> None:
+        self.r_c0 = fj / fd
+        self.loop_c = RatioLoop(self.r_c0, fd / self.period)
+        self.loop_c.reset(self.r_c0 / learnt)
+        self.codec_c = SampleCodec(self.cap_params, self.period)
+        self.rs_c = samplerate.Resampler(converter, self.n_capture)
+        self.target_c = self.r_c0 * (self.period + self.withheld) + n_jack + self.margin
+        self.v_count = float(lib.cb_load(self.p_cap_wr))
+        self.err_c = None
+
+    def _playback_setup(self, converter, fj, fd, learnt) -> None:
+        period = self.period
+        self.r_p0 = fd / fj
+        self.loop_p = RatioLoop(self.r_p0, fd / period)
+        self.loop_p.reset(self.r_p0 * learnt)
+        self.codec_p = SampleCodec(self.pb_params, period)
+        self.rs_p = samplerate.Resampler(converter, self.n_playback)
+        # Duplex: the capture read is the wait, so leave room for one period plus half a period
+        # of phase between the two streams; playback only: the blocking write is the wait.
+        if self.cap is not None:
+            self.prefill = self.bufsize - period // 2
+        else:
+            self.prefill = self.bufsize
+        self.target_p = (self.prefill + self.withheld) / self.r_p0 + self.margin
+        self.fifo = np.zeros((period * 4, self.n_playback), np.float32)
+        self.fifo_len = 0
+        self.scratch = np.zeros((period * 4, self.n_playback), np.float32)
+        self.u_count = float(self.prefill)
+        self.offset_sum = 0.0
+        self.offset_n = 0
+        self.err_p = None
+        silence = np.zeros((self.prefill, self.n_playback), np.float32)
+        prefill_codec = SampleCodec(self.pb_params, self.prefill)
+        if self.pb.write(prefill_codec.encode_rt(silence)) < 0:
+            raise Resync()
+        self.written = self.prefill
+
+    def _loop_rt(self) -> None:
+        jk = self.jack
+        core = jk.core
+        ev = jk.events
+        cap, pb = self.cap, self.pb
+        dll = self.dll
+        stats = self.stats
+        periods_seen = 0
+        trimmed = False
+        publish_every = max(1, int(self.fd / self.period / 8))
+        while True:
+            if self.stop.is_set() or ev.shutdown.is_set():
+                return
+            if ev.changed.is_set():
+                raise Resync()
+            if cap is not None:
+                data = self._read_rt()
+                cyc = jk.read_cycle_rt()
+                self._capture_rt(data, cyc, trimmed)
+                if pb is not None:
+                    self._playback_rt(cyc, trimmed)
+            else:
+                cyc = jk.read_cycle_rt()
+                self._playback_rt(cyc, trimmed)
+            periods_seen += 1
+            if not trimmed and periods_seen >= SYNC_PERIODS and cyc is not None:
+                trimmed = self._trim_rt()
+            if periods_seen % publish_every == 0:
+                self._publish_rt(trimmed)
+
+    def _read_rt(self):
+        try:
+            n, data = self.cap.read()
+        except alsaaudio.ALSAAudioError as exc:
+            raise classify(exc) from exc
+        t_wake = time.monotonic()
+        if n < 0:
+            self._count_xrun_rt()
+        past = max(0, self.cap.avail())
+        if n != self.period or not self.dll.update(t_wake, past):
+            raise Resync()
+        return data
+
+    def _count_xrun_rt(self) -> None:
+        self.xruns += 1
+        self.stats.add("xruns")
+        raise Resync()
+
+    def _capture_rt(self, data, cyc, trimmed: bool) -> None:
+        jk = self.jack
+        frames = self.codec_c.decode_rt(data, self.period)
+        ratio = self.loop_c.ratio
+        out = self.rs_c.process(frames, ratio)
+        m = out.shape[0]
+        wr = lib.cb_load(self.p_cap_wr)
+        start = wr & RING_MASK
+        first = min(m, RING_FRAMES - start)
+        jk.capture_ring[start:start + first] = out[:first]
+        if m > first:
+            jk.capture_ring[:m - first] = out[first:]
+        lib.cb_capture_commit(jk.core, m)
+        self.v_count += self.period * ratio
+        dll = self.dll
+        if not dll.ready or cyc is None:
+            self.err_c = None
+            return
+        jf = jack_frames_at(dll.t1, (cyc[0], cyc[1], cyc[2], cyc[3]))
+        self.err_c = (self.v_count - (cyc[4] + (jf - cyc[0]))) - self.target_c
+        if trimmed:
+            self.loop_c.update(self.err_c)
+            if self.loop_c.needs_resync:
+                raise Resync()
+
+    def _pull_rt(self, ratio: float) -> None:
+        """Resample JACK frames from the ring until the fifo holds one device period."""
+        jk = self.jack
+        period = self.period
+        c_pos = lib.cb_load(self.p_pb_rd)
+        w_now = lib.cb_load(self.p_pb_wr)
+        n_ch = self.n_playback
+        while self.fifo_len < period:
+            take = int(math.ceil((period - self.fifo_len) / ratio)) + 1
+            if w_now - c_pos < take:
+                self.underruns += 1
+            start = c_pos & RING_MASK
+            first = min(take, RING_FRAMES - start)
+            self.scratch[:first] = jk.playback_ring[start:start + first, :n_ch]
+            if take > first:
+                self.scratch[first:take] = jk.playback_ring[:take - first, :n_ch]
+            res = self.rs_p.process(self.scratch[:take], ratio)
+            k = res.shape[0]
+            self.fifo[self.fifo_len:self.fifo_len + k] = res
+            self.fifo_len += k
+            lib.cb_playback_consume(jk.core, take)
+            c_pos += take
+            self.u_count += take * ratio
+
+    def _playback_rt(self, cyc, trimmed: bool) -> None:
+        period = self.period
+        dll = self.dll
+        ratio = self.loop_p.ratio
+        # content of the pipeline at the last boundary, before this period's pull
+        err = None
+        if self.cap is not None and dll.ready and cyc is not None:
+            err = self._playback_error_rt(cyc, time.monotonic())
+        self._pull_rt(ratio)
+        payload = self.codec_p.encode_rt(self.fifo[:period])
+        try:
+            res = self.pb.write(payload)
+        except alsaaudio.ALSAAudioError as exc:
+            raise classify(exc) from exc
+        if res < 0:
+            self._count_xrun_rt()
+        self.fifo[:self.fifo_len - period] = self.fifo[period:self.fifo_len]
+        self.fifo_len -= period
+        self.written += period
+        if self.cap is None:
+            t_wake = time.monotonic()
+            past = max(0, self.pb.avail())
+            if not dll.update(t_wake, past):
+                raise Resync()
+            if dll.ready and cyc is not None:
+                # at that boundary the card had just made room for this period
+                played = (self.written - period) - (self.bufsize - period)
+                err = self._error_from_played_rt(cyc, played)
+        self.err_p = err
+        if trimmed and err is not None:
+            self.loop_p.update(err)
+            if self.loop_p.needs_resync:
+                raise Resync()
+
+    def _playback_error_rt(self, cyc, now: float) -> float:
+        """Duplex: how far the card had played at the capture boundary, from its avail."""
+        queued = self.bufsize - self.pb.avail()
+        played_now = self.written - queued
+        played = played_now - (now - self.dll.t1) * self.fd
+        return self._error_from_played_rt(cyc, played)
+
+    def _error_from_played_rt(self, cyc, played_est: float) -> float:
+        # Pulling frames moves them from the ring to the device side without changing the
+        # total (virtual counts), so the error may be taken before or after the pull.
+        # played(t_b) = DLL frame count + a constant offset, averaged since the stream started
+        self.offset_sum += played_est - self.dll.frames
+        self.offset_n += 1
+        played = self.dll.frames + self.offset_sum / self.offset_n
+        jf = jack_frames_at(self.dll.t1, (cyc[0], cyc[1], cyc[2], cyc[3]))
+        w_pos = cyc[5] + (jf - cyc[0])
+        c_pos = lib.cb_load(self.p_pb_rd)
+        return (w_pos - c_pos) + (self.u_count - played) / self.loop_p.ratio - self.target_p
+
+    def _trim_rt(self) -> bool:
+        """Remove the start-up error at once by moving our own ring positions."""
+        core = self.jack.core
+        if self.cap is not None:
+            if self.err_c is None:
+                return False
+            shift = int(round(self.err_c))
+            lib.cb_capture_commit(core, -shift)
+            self.v_count -= shift
+        if self.pb is not None:
+            if self.err_p is None:
+                return False
+            lib.cb_playback_consume(core, int(round(self.err_p)))
+            self.offset_sum = 0.0
+            self.offset_n = 0
+        core.mute_capture = 0
+        return True
+
+    def _publish_rt(self, trimmed: bool) -> None:
+        if self.cap is not None:
+            loop, err = self.loop_c, self.err_c
+            drift = (self.r_c0 / loop.ratio - 1.0) * 1e6
+        else:
+            loop, err = self.loop_p, self.err_p
+            drift = (loop.ratio / self.r_p0 - 1.0) * 1e6
+        core = self.jack.core
+        s = self.stats
+        v = s.values
+        s.begin_rt()
+        v[I_RATIO] = loop.ratio
+        v[I_DRIFT] = drift
+        v[I_DELAY] = err if err is not None else 0.0
+        v[I_UNDERRUNS] = self.underruns + core.capture_underruns + core.playback_overruns
+        v[I_LOCKED] = 1.0 if (trimmed and loop.locked) else 0.0
+        v[I_HEARTBEAT] = time.monotonic()
+        if trimmed and loop.locked:
+            v[I_STATE] = STATE_CODES[names.RUNNING]
+        s.end_rt()
+        self.learnt_ppm = drift
+
+
+I_RATIO = INDEX["ratio"]
+I_DRIFT = INDEX["drift_ppm"]
+I_DELAY = INDEX["delay_error"]
+I_UNDERRUNS = INDEX["underruns"]
+I_LOCKED = INDEX["locked"]
+I_HEARTBEAT = INDEX["heartbeat"]
+I_STATE = INDEX["state"]

@@ -1,0 +1,267 @@
+"""cffi build script of `cardbridge.engine._rtcore`: the compiled real-time core of a bridge worker.
+
+Built at install time (setup.py cffi_modules). The C code runs in JACK's process thread (and its
+latency callback), never takes the GIL, never allocates, never blocks: per cycle it copies between
+the port buffers and two lock-free single-producer/single-consumer rings of interleaved float
+frames, compensates skipped cycles so that ring counters stay tied to JACK's frame counter, and
+publishes the cycle's frame time through a sequence-locked slot that the ALSA thread reads.
+"""
+
+import cffi
+
+CDEF = """
+typedef struct {
+    uint32_t n_capture;          /* JACK output ports (card capture)  */
+    uint32_t n_playback;         /* JACK input ports (card playback)  */
+    void *capture_ports[64];
+    void *playback_ports[64];
+    float *capture_ring;         /* interleaved, capture_size frames x n_capture   */
+    float *playback_ring;        /* interleaved, playback_size frames x n_playback */
+    uint64_t capture_size;       /* power of two */
+    uint64_t playback_size;
+    uint64_t capture_wr;         /* written by the ALSA thread */
+    uint64_t capture_rd;         /* written by the JACK thread */
+    uint64_t playback_wr;        /* written by the JACK thread */
+    uint64_t playback_rd;        /* written by the ALSA thread */
+    uint32_t mute_capture;       /* not streaming: silence on the capture ports, no counting */
+    uint32_t seq;                /* cycle record sequence lock (odd while writing) */
+    uint64_t cyc_frames;         /* JACK frame time at the start of the last cycle */
+    uint64_t cyc_usecs;          /* its start time (us, jack_get_time clock)       */
+    uint64_t cyc_next_usecs;
+    uint32_t cyc_nframes;
+    uint64_t cyc_capture_rd;     /* capture_rd at the start of that cycle  */
+    uint64_t cyc_playback_wr;    /* playback_wr at the start of that cycle */
+    uint64_t cycles;
+    uint64_t capture_underruns;  /* cycles that found fewer frames than they needed */
+    uint64_t playback_overruns;  /* cycles that overwrote frames not yet consumed  */
+    uint64_t skipped_frames;     /* JACK frames of skipped cycles, compensated */
+    uint32_t capture_latency;    /* frames reported in JackCaptureLatency ranges  */
+    uint32_t playback_latency;   /* frames reported in JackPlaybackLatency ranges */
+    void *client;
+} cb_core;
+
+int cb_install(void *client, cb_core *core);
+void cb_capture_commit(cb_core *core, int64_t frames);
+void cb_playback_consume(cb_core *core, int64_t frames);
+uint64_t cb_load(uint64_t *where);
+int cb_read_cycle(cb_core *core, uint64_t *out);
+void cb_set_mute(cb_core *core, uint32_t mute);
+uint64_t cb_now_usecs(void);
+int cb_recompute_latencies(cb_core *core);
+"""
+
+SOURCE = r"""
+#include <stdint.h>
+#include <string.h>
+#include <jack/jack.h>
+
+typedef struct {
+    uint32_t n_capture;
+    uint32_t n_playback;
+    void *capture_ports[64];
+    void *playback_ports[64];
+    float *capture_ring;
+    float *playback_ring;
+    uint64_t capture_size;
+    uint64_t playback_size;
+    uint64_t capture_wr;
+    uint64_t capture_rd;
+    uint64_t playback_wr;
+    uint64_t playback_rd;
+    uint32_t mute_capture;
+    uint32_t seq;
+    uint64_t cyc_frames;
+    uint64_t cyc_usecs;
+    uint64_t cyc_next_usecs;
+    uint32_t cyc_nframes;
+    uint64_t cyc_capture_rd;
+    uint64_t cyc_playback_wr;
+    uint64_t cycles;
+    uint64_t capture_underruns;
+    uint64_t playback_overruns;
+    uint64_t skipped_frames;
+    uint32_t capture_latency;
+    uint32_t playback_latency;
+    void *client;
+} cb_core;
+
+#define LOAD_ACQ(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define STORE_REL(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+
+static void capture_rt(cb_core *c, jack_nframes_t n)
+{
+    uint64_t rd = c->capture_rd;
+    uint64_t wr = LOAD_ACQ(&c->capture_wr);
+    uint64_t mask = c->capture_size - 1;
+    uint32_t nch = c->n_capture;
+    int64_t have = (int64_t)(wr - rd);
+    if (have < (int64_t)n && !c->mute_capture)
+        c->capture_underruns++;
+    for (uint32_t ch = 0; ch < nch; ch++) {
+        float *out = (float *)jack_port_get_buffer((jack_port_t *)c->capture_ports[ch], n);
+        if (c->mute_capture) {
+            memset(out, 0, sizeof(float) * n);
+            continue;
+        }
+        for (jack_nframes_t i = 0; i < n; i++) {
+            int64_t pos = (int64_t)i;
+            out[i] = (pos < have && pos >= have - (int64_t)c->capture_size)
+                ? c->capture_ring[((rd + i) & mask) * nch + ch] : 0.0f;
+        }
+    }
+    STORE_REL(&c->capture_rd, rd + n);
+}
+
+static void playback_rt(cb_core *c, jack_nframes_t n)
+{
+    uint64_t wr = c->playback_wr;
+    uint64_t rd = LOAD_ACQ(&c->playback_rd);
+    uint64_t mask = c->playback_size - 1;
+    uint32_t nch = c->n_playback;
+    if ((int64_t)(wr + n - rd) > (int64_t)c->playback_size && !c->mute_capture)
+        c->playback_overruns++;
+    for (uint32_t ch = 0; ch < nch; ch++) {
+        const float *in = (const float *)jack_port_get_buffer((jack_port_t *)c->playback_ports[ch], n);
+        for (jack_nframes_t i = 0; i < n; i++)
+            c->playback_ring[((wr + i) & mask) * nch + ch] = in[i];
+    }
+    STORE_REL(&c->playback_wr, wr + n);
+}
+
+static void skip_rt(cb_core *c, uint64_t gap)
+{
+    /* Cycles JACK skipped: keep both ring counters tied to the frame counter. */
+    uint64_t mask = c->playback_size - 1;
+    uint32_t nch = c->n_playback;
+    if (nch) {
+        uint64_t wr = c->playback_wr;
+        uint64_t clear = gap < c->playback_size ? gap : c->playback_size;
+        for (uint64_t i = 0; i < clear; i++)
+            memset(&c->playback_ring[((wr + i) & mask) * nch], 0, sizeof(float) * nch);
+        STORE_REL(&c->playback_wr, wr + gap);
+    }
+    if (c->n_capture)
+        STORE_REL(&c->capture_rd, c->capture_rd + gap);
+    c->skipped_frames += gap;
+}
+
+static int process_rt(jack_nframes_t n, void *arg)
+{
+    cb_core *c = (cb_core *)arg;
+    jack_nframes_t frames;
+    jack_time_t usecs, next_usecs;
+    float period_usecs;
+    if (jack_get_cycle_times((jack_client_t *)c->client, &frames, &usecs, &next_usecs, &period_usecs) != 0) {
+        frames = jack_last_frame_time((jack_client_t *)c->client);
+        usecs = jack_get_time();
+        next_usecs = usecs;
+    }
+    /* 64-bit frame counter extended from JACK's 32-bit one. */
+    uint64_t prev = c->cyc_frames;
+    uint64_t full = (prev & ~(uint64_t)0xffffffffu) | (uint64_t)frames;
+    if (c->cycles && full < prev)
+        full += (uint64_t)1 << 32;
+    if (c->cycles) {
+        uint64_t expected = prev + c->cyc_nframes;
+        if (full > expected && full - expected < ((uint64_t)1 << 24))
+            skip_rt(c, full - expected);
+    }
+    uint32_t s = c->seq;
+    STORE_REL(&c->seq, s + 1);
+    c->cyc_frames = full;
+    c->cyc_usecs = usecs;
+    c->cyc_next_usecs = next_usecs;
+    c->cyc_nframes = n;
+    c->cyc_capture_rd = c->capture_rd;
+    c->cyc_playback_wr = c->playback_wr;
+    STORE_REL(&c->seq, s + 2);
+    if (c->n_capture)
+        capture_rt(c, n);
+    if (c->n_playback)
+        playback_rt(c, n);
+    c->cycles++;
+    return 0;
+}
+
+static void latency_rt(jack_latency_callback_mode_t mode, void *arg)
+{
+    cb_core *c = (cb_core *)arg;
+    jack_latency_range_t r;
+    if (mode == JackCaptureLatency) {
+        r.min = r.max = c->capture_latency;
+        for (uint32_t i = 0; i < c->n_capture; i++)
+            jack_port_set_latency_range((jack_port_t *)c->capture_ports[i], JackCaptureLatency, &r);
+    } else {
+        r.min = r.max = c->playback_latency;
+        for (uint32_t i = 0; i < c->n_playback; i++)
+            jack_port_set_latency_range((jack_port_t *)c->playback_ports[i], JackPlaybackLatency, &r);
+    }
+}
+
+int cb_install(void *client, cb_core *core)
+{
+    core->client = client;
+    int err = jack_set_process_callback((jack_client_t *)client, process_rt, core);
+    if (err)
+        return err;
+    return jack_set_latency_callback((jack_client_t *)client, latency_rt, core);
+}
+
+void cb_capture_commit(cb_core *core, int64_t frames)
+{
+    STORE_REL(&core->capture_wr, core->capture_wr + (uint64_t)frames);
+}
+
+void cb_playback_consume(cb_core *core, int64_t frames)
+{
+    STORE_REL(&core->playback_rd, core->playback_rd + (uint64_t)frames);
+}
+
+uint64_t cb_load(uint64_t *where)
+{
+    return LOAD_ACQ(where);
+}
+
+int cb_read_cycle(cb_core *core, uint64_t *out)
+{
+    /* out: frames, usecs, next_usecs, nframes, capture_rd, playback_wr. 0 = consistent copy. */
+    for (int attempt = 0; attempt < 8; attempt++) {
+        uint32_t s1 = LOAD_ACQ(&core->seq);
+        if (s1 & 1)
+            continue;
+        out[0] = core->cyc_frames;
+        out[1] = core->cyc_usecs;
+        out[2] = core->cyc_next_usecs;
+        out[3] = core->cyc_nframes;
+        out[4] = core->cyc_capture_rd;
+        out[5] = core->cyc_playback_wr;
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (LOAD_ACQ(&core->seq) == s1)
+            return core->cycles ? 0 : -1;
+    }
+    return -1;
+}
+
+void cb_set_mute(cb_core *core, uint32_t mute)
+{
+    STORE_REL(&core->mute_capture, mute);
+}
+
+uint64_t cb_now_usecs(void)
+{
+    return jack_get_time();
+}
+
+int cb_recompute_latencies(cb_core *core)
+{
+    return jack_recompute_total_latencies((jack_client_t *)core->client);
+}
+"""
+
+ffibuilder = cffi.FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source("cardbridge.engine._rtcore", SOURCE, libraries=["jack"],
+                      extra_compile_args=["-O2", "-Wall"])
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=False)
