@@ -187,12 +187,12 @@ class HotplugMonitor:
         if dev is None:
             self._ignore("sound card event %r not understood", props.get("DEVPATH"))
             return
-        same_card = self._find_devpath(dev.devpath)
+        same_card = self._find_card(dev.card_index)
         holder = self._by_id.get(dev.id)
         if holder is not None and shares_id_with(dev, holder):
             dev.id = dev.port_id
             holder = self._by_id.get(dev.id)
-        if same_card is not None and same_card.id == dev.id:
+        if same_card is not None and same_card.id == dev.id and same_card.devpath == dev.devpath:
             return                      # a repeated ready event for a card already announced
         if same_card is not None:       # its removal was missed; a different device has the slot
             self._announce_removed(same_card.id)
@@ -221,6 +221,12 @@ class HotplugMonitor:
             self._on_removed(device_id)
         except Exception:               # noqa: BLE001
             log.exception("hotplug listener failed on removed device %s", device_id)
+
+    def _find_card(self, index: int | None) -> Device | None:
+        for dev in self._by_id.values():
+            if index is not None and dev.card_index == index:
+                return dev
+        return None
 
     def _find_devpath(self, devpath: str | None) -> Device | None:
         if not devpath:
