@@ -184,7 +184,10 @@ class Service:
         rules = [
             f"type='signal',sender='{BUS_NAME}',interface='{PROPERTIES_IFACE}',"
             f"member='PropertiesChanged',path_namespace='{MANAGER_PATH}'",
-            f"type='signal',sender='{BUS_NAME}',interface='{OBJECT_MANAGER_IFACE}',path='{MANAGER_PATH}'",
+            # dbus-next sends InterfacesAdded/Removed from the new object's own path, not the
+            # manager's (the spec's place): accept both.
+            f"type='signal',sender='{BUS_NAME}',interface='{OBJECT_MANAGER_IFACE}',"
+            f"path_namespace='{MANAGER_PATH}'",
             f"type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',arg0='{BUS_NAME}'",
         ]
 

@@ -77,6 +77,10 @@ def latency(frames, ms) -> str:
     return f"{frames} fr" + (f" {ms:.1f} ms" if ms is not None else "")
 
 
+def milliseconds(ms) -> str:
+    return "-" if ms is None else f"{ms:.1f}"
+
+
 def channels(capture, playback) -> str:
     return f"{dash(capture)}/{dash(playback)}"
 
@@ -143,14 +147,15 @@ def sparkline(values: Sequence[float | None], min_span: float, ascii_only: bool 
 # -- views -----------------------------------------------------------------------------------
 
 BRIDGE_HEADERS = ("CLIENT", "DEVICE", "STATE", "IN/OUT", "RATE", "DRIFT ppm", "DELAY ERR",
-                  "LATENCY", "XRUNS", "RESTARTS")
+                  "LATENCY fr", "ms", "XRUNS", "RESTARTS")
 
 
 def bridge_row(b: dict) -> list[str]:
     return [dash(b["client_name"]), dash(b["device"]), dash(b["state"]),
             channels(b["capture_channels"], b["playback_channels"]), dash(b["rate"]),
             signed(b["drift_ppm"], 2), signed(b["delay_error"], 2),
-            latency(b["latency_frames"], b["latency_ms"]), dash(b["xruns"]), dash(b["restarts"])]
+            dash(b["latency_frames"]), milliseconds(b["latency_ms"]), dash(b["xruns"]),
+            dash(b["restarts"])]
 
 
 def service_lines(service: dict) -> list[str]:
@@ -170,7 +175,7 @@ def status_view(doc: dict, style: Style) -> str:
     lines = service_lines(doc["service"]) + [""]
     if doc["bridges"]:
         lines.append(table(BRIDGE_HEADERS, [bridge_row(b) for b in doc["bridges"]],
-                           right={3, 4, 5, 6, 7, 8, 9}, style=style, state_column=2))
+                           right={3, 4, 5, 6, 7, 8, 9, 10}, style=style, state_column=2))
     else:
         lines.append("No bridges. See 'cardbridge devices', then 'cardbridge attach DEVICE'.")
     return "\n".join(lines)

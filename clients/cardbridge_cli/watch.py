@@ -124,8 +124,8 @@ def clip(line: str, width: int) -> str:
     return clipped + ("\x1b[0m" if "\x1b[" in clipped else "")
 
 
-WATCH_HEADERS = ("CLIENT", "STATE", "DRIFT ppm", "DELAY ERR", "LATENCY", "XRUNS", "UNDERRUNS",
-                 "RESTARTS")
+WATCH_HEADERS = ("CLIENT", "STATE", "DRIFT ppm", "DELAY ERR", "LATENCY fr", "ms", "XRUNS",
+                 "UNDERRUNS", "RESTARTS")
 
 
 def render_screen(model: WatchModel, width: int, height: int, style: render.Style,
@@ -147,10 +147,10 @@ def render_screen(model: WatchModel, width: int, height: int, style: render.Styl
     for record in model.bridges.values():
         rows.append([render.dash(record["client_name"]), render.dash(record["state"]),
                      render.signed(record["drift_ppm"], 2), render.signed(record["delay_error"], 2),
-                     render.latency(record["latency_frames"], record["latency_ms"]),
+                     render.dash(record["latency_frames"]), render.milliseconds(record["latency_ms"]),
                      render.dash(record["xruns"]), render.dash(record["underruns"]),
                      render.dash(record["restarts"])])
-    table = render.table(WATCH_HEADERS, rows, right={2, 3, 4, 5, 6, 7}, style=style,
+    table = render.table(WATCH_HEADERS, rows, right={2, 3, 4, 5, 6, 7, 8}, style=style,
                          state_column=1).split("\n")
     lines.append(table[0])
     spark_width = max(8, (width - 44) // 2)
