@@ -43,8 +43,16 @@ class UsageErrorParser(argparse.ArgumentParser):
     """argparse with one-line usage errors (`cardbridge: error: …`, exit 2)."""
 
     def error(self, message: str):
-        message = " ".join(message.split())
+        message = failures.one_line(message)
         self.exit(failures.USAGE, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:                # undecodable bytes arrive as lone surrogates
+        return False
+    return True
 
 
 def _count(text: str) -> int:
@@ -151,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    for value in vars(args).values():
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and not _is_utf8(text):
+                parser.error(f"argument is not valid UTF-8: {text.encode('utf-8', 'surrogateescape')[:60]!r}")
     if args.version and args.command is None:
         args.command = "version"
     if args.command is None:

@@ -11,7 +11,7 @@ import json
 import sys
 
 from . import asoundrc, bus, failures, records, render
-from .failures import CliError
+from .failures import CliError, shown
 
 
 class Output:
@@ -46,7 +46,7 @@ async def status(service: bus.Service, args, out: Output) -> int:
         return failures.OK
     record = records.find_bridge(doc["bridges"], args.bridge)
     if record is None:
-        raise CliError(failures.NOT_FOUND, f"no bridge {args.bridge!r} (see 'cardbridge status')")
+        raise CliError(failures.NOT_FOUND, f"no bridge {shown(args.bridge)} (see 'cardbridge status')")
     doc["bridges"] = [record]
     out.result(doc, render.bridge_detail_view(record, out.style))
     return failures.OK
@@ -112,12 +112,12 @@ def _pick_devices(known: list[dict], wanted: list[str]) -> list[dict]:
     for name in wanted:
         hits = records.find_device(known, name)
         if not hits:
-            raise CliError(failures.NOT_FOUND, f"no such device {name!r} (see 'cardbridge devices')")
+            raise CliError(failures.NOT_FOUND, f"no such device {shown(name)} (see 'cardbridge devices')")
         if len(hits) > 1:
             ids = ", ".join(h["id"] for h in hits)
-            raise CliError(failures.FAILED, f"{name!r} matches several devices ({ids}); use a stable id")
+            raise CliError(failures.FAILED, f"{shown(name)} matches several devices ({ids}); use a stable id")
         if any(p["id"] == hits[0]["id"] for p in picked):
-            raise CliError(failures.USAGE, f"{name!r} names a device already given")
+            raise CliError(failures.USAGE, f"{shown(name)} names a device already given")
         picked.append(hits[0])
     return picked
 
@@ -170,7 +170,7 @@ async def run(args: argparse.Namespace) -> int:
         return await version(args, out)
     if args.command == "asoundrc":                      # check the name before asking anything
         if not asoundrc.VALID_NAME.match(args.name):
-            raise CliError(failures.USAGE, f"invalid ALSA device name {args.name!r}: "
+            raise CliError(failures.USAGE, f"invalid ALSA device name {shown(args.name)}: "
                            "use letters, digits and _")
     service = await bus.open_service(getattr(args, "bus", None))
     try:

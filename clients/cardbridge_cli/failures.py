@@ -48,11 +48,25 @@ _CODES_BY_ERROR_NAME = {
 }
 
 
+MAX_MESSAGE = 300             # characters; a service may echo back a huge argument
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
+    """Whitespace folded to single spaces, cut to `limit` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def shown(value: str, limit: int = 60) -> str:
+    """A user-given name quoted for a message, cut when long."""
+    return repr(value if len(value) <= limit else value[:limit - 1] + "…")
+
+
 class CliError(Exception):
     """A failure to report as `cardbridge: error: <message>` with exit code `code`."""
 
     def __init__(self, code: int, message: str):
-        super().__init__(" ".join(str(message).split()) or "unknown error")
+        super().__init__(one_line(message) or "unknown error")
         self.code = code
 
     @property
@@ -63,7 +77,7 @@ class CliError(Exception):
 def from_dbus_error(error_name: str, text: str) -> CliError:
     """Turn a D-Bus error reply into a CliError with the documented exit code."""
     code = _CODES_BY_ERROR_NAME.get(error_name, FAILED)
-    text = " ".join(str(text or "").split())
+    text = one_line(text or "")
     if code == NOT_RUNNING:
         return CliError(code, "the cardbridge service is not running" + (f" ({text})" if text else ""))
     if error_name.startswith(_SERVICE_ERROR_PREFIX) or error_name.endswith(".AccessDenied"):
