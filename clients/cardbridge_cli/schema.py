@@ -171,5 +171,8 @@ def validate(document, command: str) -> None:
 
 
 if __name__ == "__main__":
-    json.dump(full_schema(), sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    try:
+        sys.stdout.write(json.dumps(full_schema(), indent=2) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        sys.stdout = None
