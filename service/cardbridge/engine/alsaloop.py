@@ -42,7 +42,7 @@ import alsaaudio
 CONVERTERS = {"best": "sinc_best", "medium": "sinc_medium", "fastest": "sinc_fastest",
               "linear": "linear"}
 RING_MASK = RING_FRAMES - 1
-SYNC_PERIODS = 8          # DLL settling before the initial trim
+SYNC_SECONDS = 0.25       # DLL settling before the initial trim (USB cards need ~0.25 s)
 FORMAT_INDEX = {name: i + 1 for i, (name, _, _) in enumerate(FORMATS)}
 
 _lags: dict[str, tuple[float, float]] = {}
@@ -92,7 +92,9 @@ class AlsaBridge:
         self.stop = threading.Event()
         self.wake = threading.Event()     # set by the control thread: retry the device now
         self.notes: list[str] = []
-        self.learnt_ppm = 0.0          # kept across resyncs: re-lock starts from it
+        self.learnt_ppm = 0.0          # kept across restarts of the thread: re-lock starts from it
+        self.loop_c = self.loop_p = None  # kept across resyncs (warm re-lock)
+        self.has_locked = False
         self.xruns = 0
         self.resyncs = 0
         self.underruns = 0
@@ -204,7 +206,7 @@ class AlsaBridge:
             self._capture_setup(converter, fj, fd, learnt, int(ev.blocksize))
             lat_c = self.target_c + content_lag
         if self.pb is not None:
-            self._playback_setup(converter, fj, fd, learnt)
+            self._playback_setup(converter, fj, fd, learnt, int(ev.blocksize))
             lat_p = self.target_p + content_lag
         jk.set_latencies(lat_c, lat_p)
         self.stats.set(capture_latency=lat_c, playback_latency=lat_p, rate=fd,
@@ -216,19 +218,33 @@ class AlsaBridge:
 
     def _capture_setup(self, converter, fj, fd, learnt, n_jack) -> None:
         self.r_c0 = fj / fd
-        self.loop_c = RatioLoop(self.r_c0, fd / self.period)
-        self.loop_c.reset(self.r_c0 / learnt)
+        self.loop_c = self._loop(self.loop_c, self.r_c0, fd, fj, n_jack, "capture",
+                                 self.r_c0 / learnt)
         self.codec_c = SampleCodec(self.cap_params, self.period)
         self.rs_c = samplerate.Resampler(converter, self.n_capture)
         self.target_c = self.r_c0 * (self.period + self.withheld) + n_jack + self.margin
         self.v_count = float(lib.cb_load(self.p_cap_wr))
         self.err_c = None
 
-    def _playback_setup(self, converter, fj, fd, learnt) -> None:
+    def _loop(self, old: RatioLoop | None, nominal: float, fd: float, fj: float, n_jack: int,
+              direction: str, start_ratio: float) -> RatioLoop:
+        """The ratio loop of one direction: the previous one re-armed warm when the clocks are
+        the same (a resync keeps the learnt ratio), else a new one."""
+        resync_frames = max(512.0, 2.0 * n_jack + self.period)
+        if (old is not None and old.nominal_ratio == nominal and old.jack_rate == fj
+                and old.resync_frames == resync_frames):
+            old.reset(old.learned_ratio, warm=self.has_locked)
+            return old
+        loop = RatioLoop(nominal, fd / self.period, jack_rate=fj, direction=direction,
+                         resync_frames=resync_frames)
+        loop.reset(start_ratio)
+        return loop
+
+    def _playback_setup(self, converter, fj, fd, learnt, n_jack) -> None:
         period = self.period
         self.r_p0 = fd / fj
-        self.loop_p = RatioLoop(self.r_p0, fd / period)
-        self.loop_p.reset(self.r_p0 * learnt)
+        self.loop_p = self._loop(self.loop_p, self.r_p0, fd, fj, n_jack, "playback",
+                                 self.r_p0 * learnt)
         self.codec_p = SampleCodec(self.pb_params, period)
         self.rs_p = samplerate.Resampler(converter, self.n_playback)
         # Duplex: the capture read is the wait, so leave room for one period plus half a period
@@ -261,6 +277,7 @@ class AlsaBridge:
         periods_seen = 0
         trimmed = False
         publish_every = max(1, int(self.fd / self.period / 8))
+        sync_periods = max(8, int(SYNC_SECONDS * self.fd / self.period))
         while True:
             if self.stop.is_set() or ev.shutdown.is_set():
                 return
@@ -276,7 +293,7 @@ class AlsaBridge:
                 cyc = jk.read_cycle_rt()
                 self._playback_rt(cyc, trimmed)
             periods_seen += 1
-            if not trimmed and periods_seen >= SYNC_PERIODS and cyc is not None:
+            if not trimmed and periods_seen >= sync_periods and cyc is not None:
                 trimmed = self._trim_rt()
             if periods_seen % publish_every == 0:
                 self._publish_rt(trimmed)
@@ -422,10 +439,9 @@ class AlsaBridge:
     def _publish_rt(self, trimmed: bool) -> None:
         if self.cap is not None:
             loop, err = self.loop_c, self.err_c
-            drift = (self.r_c0 / loop.ratio - 1.0) * 1e6
         else:
             loop, err = self.loop_p, self.err_p
-            drift = (loop.ratio / self.r_p0 - 1.0) * 1e6
+        drift = loop.drift_ppm
         core = self.jack.core
         s = self.stats
         v = s.values
@@ -438,6 +454,7 @@ class AlsaBridge:
         v[I_HEARTBEAT] = time.monotonic()
         if trimmed and loop.locked:
             v[I_STATE] = STATE_CODES[names.RUNNING]
+            self.has_locked = True
         s.end_rt()
         self.learnt_ppm = drift
 
