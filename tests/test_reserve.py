@@ -18,22 +18,9 @@ import pytest
 
 from cardbridge.dbuslib import MessageBus
 from cardbridge.reserve import DeviceReservation
+from cardbridge.sandbox.busdaemon import PrivateBus
 
 pytestmark = pytest.mark.timeout(60)
-
-BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={path}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"""
 
 # The second party: holds (or bids for) Audio<N> with a given priority and answer, reports on
 # stdout, and lets go when stdin closes.
@@ -62,17 +49,9 @@ OTHER_PARTY = textwrap.dedent("""
 
 
 @pytest.fixture
-def session_bus(tmp_path):
-    sock = tmp_path / "bus"
-    conf = tmp_path / "session.conf"
-    conf.write_text(BUS_CONFIG.format(path=sock))
-    proc = subprocess.Popen(["dbus-daemon", "--nofork", f"--config-file={conf}", "--print-address"],
-                            stdout=subprocess.PIPE, text=True)
-    address = proc.stdout.readline().strip()
-    assert address, "dbus-daemon did not start"
-    yield address
-    proc.terminate()
-    proc.wait(timeout=10)
+def session_bus():
+    with PrivateBus("session") as bus:
+        yield bus.address
 
 
 class OtherParty:
