@@ -162,7 +162,8 @@ def has_real_serial(props: Mapping[str, str]) -> bool:
 
 def port_based_id(props: Mapping[str, str]) -> str:
     bus = bus_of(props)
-    vendor, product = props.get("ID_VENDOR_ID", ""), props.get("ID_MODEL_ID", "")
+    vendor, product = (props.get(key, "").lower().removeprefix("0x")       # PCI: "0x10de"
+                       for key in ("ID_VENDOR_ID", "ID_MODEL_ID"))
     what = f"{vendor}_{product}" if vendor and product else ""
     where = _id_part(props.get("ID_PATH", "")) or _parent_of_card(props.get("DEVPATH", ""))
     parts = [p for p in (_id_part(what), where) if p]
@@ -393,8 +394,10 @@ class DeviceRegistry:
         holder.card_index = dev.card_index
         holder.card_id = dev.card_id
         holder.pcm = dev.pcm or holder.pcm
-        holder.capture_channels = dev.capture_channels if dev.capture_channels is not None else holder.capture_channels
-        holder.playback_channels = dev.playback_channels if dev.playback_channels is not None else holder.playback_channels
+        if dev.capture_channels is not None:
+            holder.capture_channels = dev.capture_channels
+        if dev.playback_channels is not None:
+            holder.playback_channels = dev.playback_channels
         holder.present = dev.present
         holder.declared = holder.declared or dev.declared
         holder.devpath = dev.devpath
