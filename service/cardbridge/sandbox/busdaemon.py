@@ -140,7 +140,8 @@ class PrivateBus:
             ["dbus-daemon", "--nofork", f"--config-file={self.config_path}", "--print-address"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True)
-        record_started(self.proc, "dbus-daemon", f"private {self.kind} bus in {self.dir}")
+        record_started(self.proc, "dbus-daemon", f"private {self.kind} bus in {self.dir}",
+                       cleanup=self._remove_dir)
         line = self._read_address(timeout)
         if not line:
             err = b""
@@ -174,6 +175,9 @@ class PrivateBus:
             for stream in (self.proc.stdout, self.proc.stderr):
                 if stream is not None:
                     stream.close()
+        self._remove_dir()
+
+    def _remove_dir(self) -> None:
         if self._own_dir and self.dir is not None and self.dir.exists():
             shutil.rmtree(self.dir, ignore_errors=True)
 

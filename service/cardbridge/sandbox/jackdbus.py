@@ -81,8 +81,9 @@ class JackDbus:
         self.proc = subprocess.Popen(["jackdbus", "auto"], env=self.env(),
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
-        record_started(self.proc, "jackdbus", f"jackdbus for JACK server {self.name}")
         self._pids.append(self.proc.pid)
+        record_started(self.proc, "jackdbus", f"jackdbus for JACK server {self.name}",
+                       cleanup=lambda: free_server_leftovers(self.name, tuple(self._pids)))
         if not wait_for(lambda: self.proc.poll() is not None or self._name_has_owner(),
                         timeout, 0.05) or self.proc.poll() is not None:
             self.stop()

@@ -313,8 +313,9 @@ class JackServer:
         self.proc = subprocess.Popen(self.command(), env=jack_env(), stdin=subprocess.DEVNULL,
                                      stdout=out, stderr=subprocess.STDOUT if self._log else out,
                                      start_new_session=True)
-        record_started(self.proc, "jackd", f"JACK server {self.name}")
         self._pids.append(self.proc.pid)
+        record_started(self.proc, "jackd", f"JACK server {self.name}",
+                       cleanup=lambda: free_server_leftovers(self.name, tuple(self._pids)))
         ready = wait_for(lambda: self.proc.poll() is not None or self._socket_exists(),
                          timeout, 0.02)
         ready = ready and self.proc.poll() is None and wait_for(

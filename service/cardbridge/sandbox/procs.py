@@ -24,6 +24,7 @@ class StartedProcess:
     pid: int
     kind: str          # "jackd", "dbus-daemon", "jackdbus", "netns-holder", ...
     description: str   # one line: what it was started for
+    cleanup: Callable[[], None] | None = None   # frees what it leaves behind once it is dead
 
 
 _started: dict[int, StartedProcess] = {}
@@ -45,8 +46,9 @@ def unique_name(tag: str) -> str:
     return f"cb{tag}-{os.getpid()}-{next(_serial)}"
 
 
-def record_started(proc: subprocess.Popen, kind: str, description: str) -> None:
-    _started[proc.pid] = StartedProcess(proc.pid, kind, description)
+def record_started(proc: subprocess.Popen, kind: str, description: str,
+                   cleanup: Callable[[], None] | None = None) -> None:
+    _started[proc.pid] = StartedProcess(proc.pid, kind, description, cleanup)
 
 
 def forget_started(pid: int) -> None:
@@ -70,6 +72,48 @@ def pid_alive(pid: int) -> bool:
 def leftover_processes() -> list[StartedProcess]:
     """Processes started through this module that are still running (should be none)."""
     return [p for p in _started.values() if pid_alive(p.pid)]
+
+
+def unstopped_processes() -> list[StartedProcess]:
+    """Processes started here whose owner never stopped them (alive, or dead and not cleaned
+    up, e.g. a JackServer after kill9() without stop(): its JACK slot is still taken)."""
+    return list(_started.values())
+
+
+def is_my_child(pid: int) -> bool:
+    """True if `pid` is alive and a child of this process (so the PID was not reused)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return fields[0] not in (b"Z", b"X") and int(fields[1]) == os.getpid()
+
+
+def stop_leftover(process: StartedProcess, timeout: float = 5.0) -> None:
+    """Stop a leaked child by its PID (SIGTERM, then SIGKILL) and run its clean-up.
+
+    Signals go only to a live child of this process: a PID that died and was reused by
+    somebody else's process is never touched.
+    """
+    if is_my_child(process.pid):
+        os.kill(process.pid, signal.SIGTERM)
+    if is_my_child(process.pid) and not wait_for(lambda: not pid_alive(process.pid), timeout):
+        try:
+            os.kill(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        wait_for(lambda: not pid_alive(process.pid), timeout)
+    try:
+        os.waitpid(process.pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    if process.cleanup is not None:
+        try:
+            process.cleanup()
+        except Exception:   # noqa: BLE001 - best effort at the end of a session
+            pass
+    forget_started(process.pid)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
