@@ -124,7 +124,7 @@ class RunningService:
     """cardbridged on a private session bus, following a private JACK server, with virtual
     cards declared in its config file. `env` is what a CLI process needs to find it."""
 
-    def __init__(self, tmp_path: Path, bus, jack, cards):
+    def __init__(self, tmp_path: Path, bus, jack, cards, bus_kind: str = "session"):
         self.log_path = tmp_path / "cardbridged.log"
         self.device_ids = [f"cli-card-{i}" for i in range(len(cards))]
         config = ['auto_attach = "none"', ""]
@@ -139,11 +139,15 @@ class RunningService:
                                      XDG_STATE_HOME=str(home / "state"),
                                      XDG_CONFIG_HOME=str(home / "config"),
                                      XDG_RUNTIME_DIR=str(home)))
-        self.env["DBUS_SYSTEM_BUS_ADDRESS"] = "unix:path=/nonexistent/cardbridge-system-bus"
+        if bus_kind == "session":
+            self.env["DBUS_SYSTEM_BUS_ADDRESS"] = "unix:path=/nonexistent/cardbridge-system-bus"
+        else:
+            self.env.pop("DBUS_SESSION_BUS_ADDRESS", None)
+        self.bus_kind = bus_kind
         self.env["PYTHONPATH"] = os.pathsep.join(sys.path)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cardbridge.daemon", "--session", "--config",
+            [sys.executable, "-m", "cardbridge.daemon", f"--{bus_kind}", "--config",
              str(self.config_path), "--jack-server", jack.name],
             env=self.env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
         procs.record_started(self.proc, "cardbridged", "cardbridge service for CLI tests")
@@ -155,7 +159,7 @@ class RunningService:
 
     def _ready(self) -> bool:
         assert self.proc.poll() is None, f"cardbridged exited ({self.proc.returncode}):\n{self.log()}"
-        done = subprocess.run(CLI + ["--session", "version", "--json"], capture_output=True,
+        done = subprocess.run(CLI + [f"--{self.bus_kind}", "version", "--json"], capture_output=True,
                               text=True, env=self.env, timeout=30)
         return done.returncode == 0 and json.loads(done.stdout)["service"] is not None
 
@@ -167,12 +171,25 @@ class RunningService:
         self._log.close()
 
 
-@pytest.fixture
-def cardbridge_service(tmp_path, session_bus, jack_server, virtual_cards):
+def _two_cards(virtual_cards):
     pytest.importorskip("cardbridge.daemon", reason="the service (cardbridge.daemon) is not there yet")
     vcard = pytest.importorskip("cardbridge.sandbox.vcard")
-    cards = virtual_cards(vcard.VirtualCard(channels=2, ppm=30.0), vcard.VirtualCard(channels=2, ppm=-20.0))
-    service = RunningService(tmp_path, session_bus, jack_server, cards)
+    return virtual_cards(vcard.VirtualCard(channels=2, ppm=30.0), vcard.VirtualCard(channels=2, ppm=-20.0))
+
+
+@pytest.fixture
+def cardbridge_service(tmp_path, session_bus, jack_server, virtual_cards):
+    service = RunningService(tmp_path, session_bus, jack_server, _two_cards(virtual_cards))
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def system_service(tmp_path, system_bus, jack_server, virtual_cards):
+    """The service on a system-like bus that enforces the project's policy file."""
+    if not any((Path(__file__).resolve().parent.parent / "dbus").glob("*.conf")):
+        pytest.skip("no D-Bus policy file in dbus/ yet")
+    service = RunningService(tmp_path, system_bus, jack_server, _two_cards(virtual_cards), "system")
     yield service
     service.stop()
 
@@ -321,3 +338,27 @@ def test_service_gone_exits_3(cli, cardbridge_service):
     cli.fails(3, "status")
     cli.fails(3, "--session", "devices")
     assert cli.json("version", "version")["service"] is None
+
+
+def test_permission_denied_exits_4_on_the_system_bus(system_service):
+    """Everyone may read; only root and group audio may change anything (policy in dbus/)."""
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    as_audio = ["setpriv", "--reuid=65534", "--regid=65534", "--groups=29"]
+    env = dict(system_service.env, PYTHONPATH=os.pathsep.join(sys.path))
+    device = system_service.device_ids[0]
+
+    def run(prefix, *args):
+        proc = subprocess.run(prefix + CLI + list(args), capture_output=True, text=True, env=env,
+                              timeout=60)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        return proc
+
+    assert run(as_nobody, "status").returncode == 0              # found on the system bus
+    assert run(as_nobody, "--json", "devices").returncode == 0
+    for args in (["attach", device], ["disable", device], ["detach", device]):
+        denied = run(as_nobody, *args)
+        assert denied.returncode == 4, (args, denied.stderr)
+        assert denied.stderr.startswith("cardbridge: error: ") and denied.stderr.count("\n") == 1
+    allowed = run(as_audio, "disable", device)
+    assert allowed.returncode == 0, allowed.stderr
+    assert run(as_audio, "enable", device).returncode == 0
