@@ -47,7 +47,7 @@ venv: $(VENV)/.installed
 
 $(VCARD_SO): $(VCARD_SRC)
 	mkdir -p $(dir $@)
-	gcc -O2 -g -Wall -Wextra -fPIC -shared -o $@ $< -lasound -lm -lrt -lpthread
+	gcc -O2 -g -Wall -Wextra -fPIC -DPIC -shared -o $@ $< -lasound -lm -lrt -lpthread
 
 vcard: $(VCARD_SO)
 

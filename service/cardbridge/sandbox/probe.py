@@ -1,0 +1,139 @@
+"""A measuring JACK client: plays a test signal into ports and records ports, sample-accurately.
+
+Runs as its own process (`python -m cardbridge.sandbox.probe …`) so that its Python process
+callback has an interpreter to itself; used by tests, the demo and the benchmarks. The process
+callback only copies between port buffers and preallocated arrays; the recording is written to
+an .npz file (`signal`, `recorded` arrays, and the JACK frame time of the first recorded frame)
+when the run ends.
+
+For a round trip, run two of them (one with `--play`, one with `--record`) so that the JACK graph
+has no cycle: sender → bridge playback port … card loop … bridge capture port → receiver. Each
+saves the JACK frame time at which its signal/recording starts, so the two can be aligned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import sys
+import threading
+import time
+
+import jack
+import numpy as np
+
+
+def make_signal(kind: str, rate: int, seconds: float, freq: float, level_db: float) -> np.ndarray:
+    n = int(rate * seconds)
+    amp = 10 ** (level_db / 20)
+    t = np.arange(n, dtype=np.float64)
+    if kind == "sine":
+        return (amp * np.sin(2 * np.pi * freq * t / rate)).astype(np.float32)
+    if kind == "impulse":
+        # a click every second, each a 5-sample raised cosine (easy to locate to the sample)
+        sig = np.zeros(n, np.float32)
+        for start in range(rate // 2, n - 8, rate):
+            sig[start:start + 5] = amp * np.hanning(7)[1:6]
+        return sig
+    if kind == "silence":
+        return np.zeros(n, np.float32)
+    raise ValueError(kind)
+
+
+def run(args) -> int:
+    client = jack.Client(args.name, no_start_server=True, servername=args.server)
+    rate = client.samplerate
+    total = int(rate * args.seconds)
+    signal = make_signal(args.signal, rate, args.seconds, args.freq, args.level)
+    recorded = np.zeros(total + 8192, np.float32)
+    pos = {"play": 0, "rec": 0, "first_frame": -1, "xruns": 0}
+    done = threading.Event()
+    outport = client.outports.register("out") if args.play else None
+    inport = client.inports.register("in") if args.record else None
+
+    @client.set_process_callback
+    def process(frames):
+        if outport is not None:
+            buf = outport.get_array()
+            p = pos["play"]
+            if p == 0:
+                pos["first_frame"] = client.last_frame_time
+            k = min(frames, total - p) if p < total else 0
+            buf[:k] = signal[p:p + k]
+            buf[k:] = 0.0
+            pos["play"] = p + frames
+        if inport is not None:
+            r = pos["rec"]
+            if r < total:
+                if r == 0 and outport is None:
+                    pos["first_frame"] = client.last_frame_time
+                k = min(frames, total - r)
+                recorded[r:r + k] = inport.get_array()[:k]
+                pos["rec"] = r + frames
+        if pos["play"] >= total and (inport is None or pos["rec"] >= total):
+            done.set()
+
+    @client.set_xrun_callback
+    def xrun(delay):
+        pos["xruns"] += 1
+
+    try:
+        ctypes.CDLL(None).mlockall(3)
+    except OSError:
+        pass
+    with client:
+        for port in args.play or []:
+            client.connect(outport, port)
+        for port in args.record or []:
+            client.connect(port, inport)
+        done.wait(args.seconds * 3 + 10)
+    np.savez(args.out, signal=signal, recorded=recorded[:total], rate=rate,
+             first_frame=pos["first_frame"], xruns=pos["xruns"])
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="cardbridge-probe", description=__doc__.splitlines()[0])
+    p.add_argument("--server", default=None)
+    p.add_argument("--name", default="cbprobe")
+    p.add_argument("--play", action="append", help="port to feed the signal to (repeatable)")
+    p.add_argument("--record", action="append", help="port to record (repeatable; mixed)")
+    p.add_argument("--signal", default="sine", choices=("sine", "impulse", "silence"))
+    p.add_argument("--freq", type=float, default=997.0)
+    p.add_argument("--level", type=float, default=-6.0, help="dBFS")
+    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--out", required=True)
+    return run(p.parse_args(argv))
+
+
+# -- analysis (test/benchmark process) ----------------------------------------------------------
+
+def delay_by_xcorr(sent: np.ndarray, got: np.ndarray, max_lag: int = 16384) -> int:
+    """Lag (frames) of `got` behind `sent`, by FFT cross-correlation."""
+    n = 1
+    while n < len(sent) + len(got):
+        n *= 2
+    spec = np.fft.rfft(got, n) * np.conj(np.fft.rfft(sent, n))
+    corr = np.fft.irfft(spec, n)[:max_lag]
+    return int(np.argmax(corr))
+
+
+def thd_n_db(x: np.ndarray, rate: int, freq: float) -> float:
+    """THD+N of a recorded sine: residual after a least-squares fit of the fundamental (dB)."""
+    t = np.arange(len(x)) / rate
+    # refine the frequency a little: the card's clock is not JACK's after resampling only if unlocked
+    best = None
+    for f in np.linspace(freq * (1 - 2e-4), freq * (1 + 2e-4), 41):
+        m = np.column_stack([np.sin(2 * np.pi * f * t), np.cos(2 * np.pi * f * t), np.ones_like(t)])
+        coef, res, *_ = np.linalg.lstsq(m, x.astype(np.float64), rcond=None)
+        resid = x - m @ coef
+        power = float(np.mean(resid ** 2))
+        if best is None or power < best[0]:
+            best = (power, coef)
+    power, coef = best
+    signal_power = (coef[0] ** 2 + coef[1] ** 2) / 2
+    return 10 * np.log10(max(power, 1e-30) / signal_power)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
