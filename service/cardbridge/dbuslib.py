@@ -6,7 +6,7 @@ Runs in the main (asyncio) process only.
 
 from __future__ import annotations
 
-from dbus_next import BusType, DBusError, Message, MessageType, Variant  # noqa: F401
+from dbus_next import BusType, DBusError, Message, MessageFlag, MessageType, Variant  # noqa: F401
 from dbus_next.aio import MessageBus  # noqa: F401
 from dbus_next.constants import PropertyAccess, RequestNameReply, NameFlag  # noqa: F401
 from dbus_next.errors import InterfaceNotFoundError  # noqa: F401
