@@ -129,7 +129,7 @@ class RunningService:
         self.device_ids = [f"cli-card-{i}" for i in range(len(cards))]
         config = ['auto_attach = "none"', ""]
         for device_id, card in zip(self.device_ids, cards):
-            config += [f"[devices.{device_id}]", f'pcm = "{card.pcm}"',
+            config += [f"[devices.{device_id}]", f'pcm = "{card.name}"',
                        f'name = "CLI card {device_id[-1]}"', ""]
         self.config_path = tmp_path / "cardbridge.toml"
         self.config_path.write_text("\n".join(config))
@@ -174,7 +174,8 @@ class RunningService:
 def _two_cards(virtual_cards):
     pytest.importorskip("cardbridge.daemon", reason="the service (cardbridge.daemon) is not there yet")
     vcard = pytest.importorskip("cardbridge.sandbox.vcard")
-    return virtual_cards(vcard.VirtualCard(channels=2, ppm=30.0), vcard.VirtualCard(channels=2, ppm=-20.0))
+    return virtual_cards(vcard.VirtualCard(name="clicard0", ppm=30.0),
+                         vcard.VirtualCard(name="clicard1", ppm=-20.0))
 
 
 @pytest.fixture
