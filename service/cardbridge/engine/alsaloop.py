@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import select
 import threading
 import time
 
@@ -71,6 +72,12 @@ def try_realtime(priority: int) -> str | None:
         return None
     except (PermissionError, OSError) as exc:
         return f"real-time scheduling not permitted for the ALSA thread ({exc.strerror}); running at normal priority"
+
+
+def jack_now() -> float:
+    """Seconds on JACK's own clock (jack_get_time: CLOCK_MONOTONIC_RAW on Linux jack2), the clock
+    of the cycle times the error is measured against."""
+    return lib.cb_now_usecs() * 1e-6
 
 
 class Resync(Exception):
@@ -201,6 +208,9 @@ class AlsaBridge:
         self.fd = fd
         self._set_state(names.SYNCING)
         core.mute_capture = 1
+        self.cap_started = False
+        self.cap_poll = self._poller(self.cap) if self.cap is not None else None
+        self.pb_poll = self._poller(self.pb) if self.pb is not None else None
         lat_c = lat_p = 0.0
         if self.cap is not None:
             self._capture_setup(converter, fj, fd, learnt, int(ev.blocksize))
@@ -290,20 +300,54 @@ class AlsaBridge:
                 if pb is not None:
                     self._playback_rt(cyc, trimmed)
             else:
+                self._playback_rt(None, trimmed)
                 cyc = jk.read_cycle_rt()
-                self._playback_rt(cyc, trimmed)
             periods_seen += 1
             if not trimmed and periods_seen >= sync_periods and cyc is not None:
                 trimmed = self._trim_rt()
             if periods_seen % publish_every == 0:
                 self._publish_rt(trimmed)
 
+    def _wait_rt(self, pcm, poller, ready_mask: int) -> None:
+        """Block until the card has a period for us (poll on the PCM's descriptors).
+
+        A plain blocking read/write would transfer what is there and then wait for a whole
+        avail_min more, so on cards with a fine-grained pointer every call returns a little later
+        than the last: waiting first and then transferring exactly one period keeps us on time.
+        """
+        while True:
+            events = poller.poll(1000)
+            if self.stop.is_set() or self.jack.events.shutdown.is_set():
+                raise Resync()
+            if not events:
+                continue
+            try:
+                revents = pcm.polldescriptors_revents(events)
+            except alsaaudio.ALSAAudioError as exc:
+                raise classify(exc) from exc
+            if revents & select.POLLERR:
+                state = pcm.state()
+                if state == alsaaudio.PCM_STATE_XRUN:
+                    self._count_xrun_rt()
+                raise DeviceGone("the card reported an error on its descriptor")
+            if revents & ready_mask:
+                return
+
+    def _poller(self, pcm) -> "select.poll":
+        poller = select.poll()
+        for fd, mask in pcm.polldescriptors():
+            poller.register(fd, mask)
+        return poller
+
     def _read_rt(self):
+        if self.cap_started:
+            self._wait_rt(self.cap, self.cap_poll, select.POLLIN)
+        self.cap_started = True
         try:
             n, data = self.cap.read()
         except alsaaudio.ALSAAudioError as exc:
             raise classify(exc) from exc
-        t_wake = time.monotonic()
+        t_wake = jack_now()
         if n < 0:
             self._count_xrun_rt()
         past = max(0, self.cap.avail())
@@ -368,11 +412,22 @@ class AlsaBridge:
     def _playback_rt(self, cyc, trimmed: bool) -> None:
         period = self.period
         dll = self.dll
-        ratio = self.loop_p.ratio
-        # content of the pipeline at the last boundary, before this period's pull
         err = None
-        if self.cap is not None and dll.ready and cyc is not None:
-            err = self._playback_error_rt(cyc, time.monotonic())
+        if self.cap is None:
+            # playback only: the card making room for a period is the clock
+            self._wait_rt(self.pb, self.pb_poll, select.POLLOUT)
+            t_wake = jack_now()
+            past = max(0, self.pb.avail() - period)
+            if not dll.update(t_wake, past):
+                raise Resync()
+            cyc = self.jack.read_cycle_rt()
+            if dll.ready and cyc is not None:
+                # at that boundary the card had just made room for one period
+                played = self.written - (self.bufsize - period)
+                err = self._error_from_played_rt(cyc, played)
+        elif dll.ready and cyc is not None:
+            err = self._playback_error_rt(cyc, jack_now())
+        ratio = self.loop_p.ratio
         self._pull_rt(ratio)
         payload = self.codec_p.encode_rt(self.fifo[:period])
         try:
@@ -384,15 +439,6 @@ class AlsaBridge:
         self.fifo[:self.fifo_len - period] = self.fifo[period:self.fifo_len]
         self.fifo_len -= period
         self.written += period
-        if self.cap is None:
-            t_wake = time.monotonic()
-            past = max(0, self.pb.avail())
-            if not dll.update(t_wake, past):
-                raise Resync()
-            if dll.ready and cyc is not None:
-                # at that boundary the card had just made room for this period
-                played = (self.written - period) - (self.bufsize - period)
-                err = self._error_from_played_rt(cyc, played)
         self.err_p = err
         if trimmed and err is not None:
             self.loop_p.update(err)
