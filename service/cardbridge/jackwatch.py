@@ -95,6 +95,12 @@ def open_client(name: str, server_name: str | None) -> jack.Client:
         return jack.Client(name, no_start_server=True, servername=server_name)
 
 
+def activate_client(client: jack.Client) -> None:
+    """Activate (after the callbacks are set). Blocking."""
+    with _open_close_lock:
+        client.activate()
+
+
 def close_client(client: jack.Client) -> None:
     """Deactivate and close, ignoring a server that is already gone. Blocking."""
     with _open_close_lock:
@@ -229,8 +235,7 @@ class JackWatch:
             client.set_shutdown_callback(on_shutdown)
             client.set_blocksize_callback(on_blocksize)
             client.set_samplerate_callback(on_samplerate)
-            with _open_close_lock:
-                client.activate()
+            activate_client(client)
         except BaseException:
             close_client(client)
             raise
