@@ -1,0 +1,414 @@
+"""Remember the JACK connections of every bridge's ports and put them back when ports return.
+
+Runs in the main asyncio process. A light JACK client of its own (no process callback, no
+ports) watches the graph: its port-connect, port-registration and shutdown callbacks run in
+JACK's notification thread and do nothing but hand names to the loop (call_soon_threadsafe).
+Everything else - bookkeeping, deciding, connecting, saving - happens in the loop.
+
+What is remembered, per stable device id: for each of the bridge's ports, by short name
+("capture_1"), the full names of the ports it is connected to ("system:playback_1"), whoever
+made the connection (jack_connect, qjackctl, a session manager, us).
+
+A connection that disappears is forgotten only when the user removed it: it is judged SETTLE
+seconds later, and kept when either end went away meanwhile (unplug, bridge restart, peer
+quit), when JACK itself left, or when the bridge was reported down. Remembered connections are
+made again from the loop whenever the bridge's ports come back (`bridge_up`, or its ports
+re-registering) and whenever a missing peer port appears.
+
+Persisted through the `load()`/`save(dict)` callbacks as
+`{device_id: {short_port: [peer_full_name, ...]}}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import jack
+
+from .jackwatch import (BACKOFF_FIRST, BACKOFF_MAX, SHUTDOWN_GRACE, activate_client, close_client,
+                        open_client, post_to_loop, silence_libjack)
+
+log = logging.getLogger(__name__)
+
+KEEPER_CLIENT_NAME = "cardbridge-connections"
+SETTLE = 1.0        # s before a vanished connection counts as removed by the user
+SAVE_DELAY = 0.2    # s to gather several changes into one save
+GONE_MEMORY = 30.0  # s an unregistered port name is remembered as "went away"
+
+Memory = dict[str, dict[str, set[str]]]
+
+
+@dataclass
+class _Removal:
+    device_id: str
+    short: str      # our port, short name
+    ours: str       # our port, full name
+    peer: str       # the other end, full name
+    at: float       # monotonic time the disconnection was reported
+
+
+def parse_memory(data: object) -> Memory:
+    """Validate persisted connections; drops malformed entries (with one warning)."""
+    memory: Memory = {}
+    dropped = 0
+    if not isinstance(data, dict):
+        if data not in (None, {}):
+            log.warning("stored connections are not a mapping; starting with none")
+        return memory
+    for device_id, ports in data.items():
+        if not isinstance(device_id, str) or not isinstance(ports, dict):
+            dropped += 1
+            continue
+        for short, peers in ports.items():
+            if not isinstance(short, str) or ":" in short or not isinstance(peers, (list, tuple)):
+                dropped += 1
+                continue
+            good = {p for p in peers if isinstance(p, str) and ":" in p}
+            dropped += len(peers) - len(good)
+            if good:
+                memory.setdefault(device_id, {})[short] = good
+    if dropped:
+        log.warning("ignored %d malformed stored connection entries", dropped)
+    return memory
+
+
+def dump_memory(memory: Memory) -> dict:
+    return {dev: {short: sorted(peers) for short, peers in sorted(ports.items()) if peers}
+            for dev, ports in sorted(memory.items())
+            if any(ports.values())}
+
+
+class ConnectionKeeper:
+    """Keeps the bridges' JACK connections across restarts, replugs and service restarts."""
+
+    def __init__(self, server_name: str | None, load: Callable[[], dict],
+                 save: Callable[[dict], None], client_name: str = KEEPER_CLIENT_NAME):
+        self.server_name = server_name
+        self._load = load
+        self._save = save
+        self.client_name = client_name
+        self._memory: Memory = {}
+        self._bridges: dict[str, str] = {}      # device id -> JACK client name (bridge is up)
+        self._by_client: dict[str, str] = {}    # JACK client name -> device id
+        self._client: jack.Client | None = None
+        self._client_lost = False
+        self._opening: asyncio.Future | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+        self._to_sync: set[str] = set()          # device ids whose connections to restore
+        self._removals: list[_Removal] = []
+        self._gone: dict[str, float] = {}        # port full name -> when it was unregistered
+        self._settle_handle: asyncio.TimerHandle | None = None
+        self._save_handle: asyncio.TimerHandle | None = None
+        self._dirty = False
+        self._stopping = False
+
+    # ----------------------------------------------------------------- public interface
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        silence_libjack()
+        try:
+            self._memory = parse_memory(self._load())
+        except Exception as exc:
+            log.warning("cannot load stored connections (%s); starting with none", exc)
+            self._memory = {}
+        self._task = asyncio.create_task(self._run(), name="connections")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        for handle in (self._settle_handle, self._save_handle):
+            if handle is not None:
+                handle.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        await self._finish_pending_open()
+        await self._drop_client()
+        self._flush_save()
+
+    def bridge_up(self, device_id: str, client_name: str) -> None:
+        """The bridge's ports exist (again): record what they have, restore what they lack."""
+        old = self._bridges.get(device_id)
+        if old is not None and old != client_name:
+            self._by_client.pop(old, None)
+        self._bridges[device_id] = client_name
+        self._by_client[client_name] = device_id
+        self._to_sync.add(device_id)
+        self._wake.set()
+
+    def bridge_down(self, device_id: str) -> None:
+        """The bridge is going away on purpose (detach, restart): its disconnections are not
+        the user's doing. What it had stays remembered for the next bridge_up."""
+        client_name = self._bridges.pop(device_id, None)
+        if client_name is not None:
+            self._by_client.pop(client_name, None)
+        self._to_sync.discard(device_id)
+        self._removals = [r for r in self._removals if r.device_id != device_id]
+
+    @property
+    def settling(self) -> int:
+        """How many vanished connections still wait for their verdict."""
+        return len(self._removals)
+
+    def connections(self, device_id: str) -> dict[str, list[str]]:
+        """What is remembered for a device: short port name -> sorted peer port names."""
+        return {short: sorted(peers) for short, peers in self._memory.get(device_id, {}).items()
+                if peers}
+
+    # ----------------------------------------------------------------- main task
+
+    async def _run(self) -> None:
+        backoff = BACKOFF_FIRST
+        while not self._stopping:
+            if self._client_lost:
+                self._removals.clear()   # JACK left: nothing vanished by the user's hand
+                await asyncio.sleep(SHUTDOWN_GRACE)
+                await self._drop_client()
+                backoff = BACKOFF_FIRST
+            if self._client is None and self._bridges:
+                if await self._try_open():
+                    backoff = BACKOFF_FIRST
+                    self._to_sync.update(self._bridges)
+                else:
+                    await self._sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
+            if self._client is not None and self._to_sync:
+                pending, self._to_sync = self._to_sync, set()
+                for device_id in pending:
+                    self._sync_bridge(device_id)
+                continue
+            await self._sleep(None)
+
+    async def _sleep(self, timeout: float | None) -> None:
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    # ----------------------------------------------------------------- the light client
+
+    def _open_activated_blocking(self) -> jack.Client:
+        """Open, hook up and activate the watching client (worker thread)."""
+        loop = self._loop
+        client = open_client(self.client_name, self.server_name)
+
+        def on_shutdown(status, reason):
+            post_to_loop(loop, self._on_shutdown, client)
+
+        def on_connect(a, b, connected):
+            if a is not None and b is not None:
+                post_to_loop(loop, self._on_connect, client, a.name, b.name, bool(connected))
+
+        def on_registration(port, registered):
+            if port is not None:
+                post_to_loop(loop, self._on_registration, client, port.name, bool(registered))
+
+        try:
+            client.set_shutdown_callback(on_shutdown)
+            client.set_port_connect_callback(on_connect, only_available=False)
+            client.set_port_registration_callback(on_registration, only_available=False)
+            activate_client(client)
+            client.get_ports()   # lets JACK-Client name ports that existed before activation
+        except BaseException:
+            close_client(client)
+            raise
+        return client
+
+    async def _try_open(self) -> bool:
+        self._opening = asyncio.ensure_future(asyncio.to_thread(self._open_activated_blocking))
+        try:
+            client = await asyncio.shield(self._opening)
+        except jack.JackError:
+            return False
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.debug("cannot open the connections client: %s", exc)
+            return False
+        finally:
+            if self._opening is not None and self._opening.done():
+                self._opening = None
+        if self._stopping:
+            await asyncio.to_thread(close_client, client)
+            return False
+        self._client = client
+        self._client_lost = False
+        return True
+
+    async def _finish_pending_open(self) -> None:
+        opening, self._opening = self._opening, None
+        if opening is None:
+            return
+        try:
+            client = await opening
+        except BaseException:
+            return
+        await asyncio.to_thread(close_client, client)
+
+    async def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        self._client_lost = False
+        if client is not None:
+            await asyncio.to_thread(close_client, client)
+
+    def _on_shutdown(self, client: jack.Client) -> None:
+        if client is self._client:
+            self._client_lost = True
+            self._wake.set()
+
+    # ----------------------------------------------------------------- graph events (loop)
+
+    def _ours(self, port_name: str) -> tuple[str, str] | None:
+        """(device id, short port name) when the port belongs to a bridge that is up."""
+        client_name, sep, short = port_name.partition(":")
+        device_id = self._by_client.get(client_name) if sep else None
+        return (device_id, short) if device_id is not None else None
+
+    def _on_connect(self, client: jack.Client, a: str, b: str, connected: bool) -> None:
+        if client is not self._client or self._client_lost:
+            return
+        for ours, peer in ((a, b), (b, a)):
+            owner = self._ours(ours)
+            if owner is None:
+                continue
+            device_id, short = owner
+            if connected:
+                self._remember(device_id, short, peer)
+            else:
+                self._removals.append(_Removal(device_id, short, ours, peer, time.monotonic()))
+                self._schedule_settle(SETTLE)
+
+    def _on_registration(self, client: jack.Client, port_name: str, registered: bool) -> None:
+        if client is not self._client or self._client_lost:
+            return
+        if not registered:
+            self._gone[port_name] = time.monotonic()
+            return
+        self._gone.pop(port_name, None)
+        owner = self._ours(port_name)
+        if owner is not None:
+            self._to_sync.add(owner[0])
+        else:
+            for device_id in self._bridges:
+                if any(port_name in peers for peers in self._memory.get(device_id, {}).values()):
+                    self._to_sync.add(device_id)
+        if self._to_sync:
+            self._wake.set()
+
+    # ----------------------------------------------------------------- bookkeeping (loop)
+
+    def _remember(self, device_id: str, short: str, peer: str) -> None:
+        peers = self._memory.setdefault(device_id, {}).setdefault(short, set())
+        if peer not in peers:
+            peers.add(peer)
+            log.debug("remember %s %s <-> %s", device_id, short, peer)
+            self._schedule_save()
+
+    def _forget(self, device_id: str, short: str, peer: str) -> None:
+        peers = self._memory.get(device_id, {}).get(short)
+        if peers and peer in peers:
+            peers.discard(peer)
+            log.debug("forget %s %s <-> %s (removed by the user)", device_id, short, peer)
+            self._schedule_save()
+
+    def _schedule_settle(self, delay: float) -> None:
+        if self._settle_handle is None and not self._stopping:
+            self._settle_handle = self._loop.call_later(delay, self._settle)
+
+    def _settle(self) -> None:
+        self._settle_handle = None
+        now = time.monotonic()
+        due = [r for r in self._removals if now - r.at >= SETTLE]
+        self._removals = [r for r in self._removals if now - r.at < SETTLE]
+        client = self._client
+        if client is not None and not self._client_lost:
+            for removal in due:
+                if self._removed_by_user(client, removal):
+                    self._forget(removal.device_id, removal.short, removal.peer)
+        self._gone = {name: at for name, at in self._gone.items() if now - at < GONE_MEMORY}
+        if self._removals:
+            self._schedule_settle(max(0.05, SETTLE - (now - min(r.at for r in self._removals))))
+
+    def _removed_by_user(self, client: jack.Client, removal: _Removal) -> bool:
+        if self._bridges.get(removal.device_id) is None:
+            return False                                   # bridge went down on purpose
+        for name in (removal.ours, removal.peer):
+            gone_at = self._gone.get(name)
+            if gone_at is not None and gone_at >= removal.at - 0.001:
+                return False                               # that end went away
+        try:
+            ours = client.get_port_by_name(removal.ours)
+            client.get_port_by_name(removal.peer)
+            connected = {p.name for p in client.get_all_connections(ours)}
+        except jack.JackError:
+            return False                                   # an end is missing right now
+        return removal.peer not in connected
+
+    def _sync_bridge(self, device_id: str) -> None:
+        """Record the bridge's current connections, then make the remembered missing ones."""
+        client = self._client
+        client_name = self._bridges.get(device_id)
+        if client is None or self._client_lost or client_name is None:
+            return
+        prefix = client_name + ":"
+        try:
+            all_ports = {p.name: p for p in client.get_ports()}
+        except jack.JackError:
+            return
+        remembered = self._memory.setdefault(device_id, {})
+        made = failed = 0
+        for name, port in all_ports.items():
+            if not name.startswith(prefix):
+                continue
+            short = name[len(prefix):]
+            try:
+                current = {p.name for p in client.get_all_connections(port)}
+            except jack.JackError:
+                continue
+            for peer in current:
+                self._remember(device_id, short, peer)
+            for peer in sorted(remembered.get(short, set()) - current):
+                if peer not in all_ports:
+                    continue                     # restored when that port appears
+                src, dst = (name, peer) if port.is_output else (peer, name)
+                try:
+                    client.connect(src, dst)
+                    made += 1
+                except jack.JackError as exc:
+                    failed += 1
+                    log.debug("cannot restore %s -> %s: %s", src, dst, exc)
+        if made or failed:
+            log.info("%s: restored %d connection(s)%s", client_name, made,
+                     f", {failed} failed" if failed else "")
+
+    # ----------------------------------------------------------------- persistence
+
+    def _schedule_save(self) -> None:
+        self._dirty = True
+        if self._save_handle is None and self._loop is not None and not self._stopping:
+            self._save_handle = self._loop.call_later(SAVE_DELAY, self._flush_save)
+
+    def _flush_save(self) -> None:
+        if self._save_handle is not None:
+            self._save_handle.cancel()
+            self._save_handle = None
+        if not self._dirty:
+            return
+        self._dirty = False
+        try:
+            self._save(dump_memory(self._memory))
+        except Exception as exc:
+            log.warning("cannot save connections: %s", exc)
