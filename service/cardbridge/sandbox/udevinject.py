@@ -323,10 +323,12 @@ SCARLETT_2I2 = _usb("scarlett-2i2", "3", "1.0", "1235", "8210", "Focusrite",
                     "Scarlett 2i2 3rd Gen")
 USB_MIC_PORT1 = _usb("usb-mic-port1", "1", "1.0", "0d8c", "0014", "C-Media_Electronics_Inc.",
                      "USB_PnP_Sound_Device", None, "Device", "0100",
-                     ":010100:010200:030000:", "C-Media Electronics, Inc.", "Audio Adapter (Unitek Y-247A)")
+                     ":010100:010200:030000:", "C-Media Electronics, Inc.",
+                     "Audio Adapter (Unitek Y-247A)")
 USB_MIC_PORT2 = _usb("usb-mic-port2", "2", "1.0", "0d8c", "0014", "C-Media_Electronics_Inc.",
                      "USB_PnP_Sound_Device", None, "Device_1", "0100",
-                     ":010100:010200:030000:", "C-Media Electronics, Inc.", "Audio Adapter (Unitek Y-247A)")
+                     ":010100:010200:030000:", "C-Media Electronics, Inc.",
+                     "Audio Adapter (Unitek Y-247A)")
 WEBCAM_C920 = _usb("webcam-c920", "4", "1.2", "046d", "082d", "046d", "HD_Pro_Webcam_C920",
                    "A1B2C3D4", "C920", "0011", ":0e0100:0e0200:010100:010200:", "Logitech, Inc.",
                    "HD Pro Webcam C920", form_factor="webcam")
