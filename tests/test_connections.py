@@ -221,7 +221,8 @@ def test_records_restores_after_reregistration_and_forgets_user_removals(jack_se
     asyncio.run(scenario())
 
 
-def test_restores_after_jack_server_restart_and_service_restart(jack_server, stand_ins):
+@pytest.mark.parametrize("how", ["stop", "kill9"])
+def test_restores_after_jack_server_restart_and_service_restart(jack_server, stand_ins, how):
     mic = stand_ins(MIC, ["capture_1", "capture_2"], ["playback_1"])
     store = Store()
 
@@ -234,6 +235,8 @@ def test_restores_after_jack_server_restart_and_service_restart(jack_server, sta
             await connect_mic(jack_server)
             assert await wait_until(lambda: keeper.connections(MIC_ID) == MIC_MEMORY)
 
+            if how == "kill9":                           # a crash: no goodbye from JACK
+                await asyncio.to_thread(jack_server.kill9)
             await asyncio.to_thread(jack_server.stop)    # everybody's connections vanish
             await mic.down()                             # the bridge waits for JACK
             await asyncio.to_thread(jack_server.start)

@@ -81,6 +81,15 @@ def test_follows_jackdbus_start_stop_buffer_size_and_restart(jackdbus):
             assert watch.state == JackState(True, 48000, 256)
             # One "down" report for the stop, none repeated while JACK was away.
             assert [s.running for s in seen.states[:reports_until_stopped]].count(False) == 1
+
+            # jackdbus itself exits with its server running, then comes back (NameOwnerChanged).
+            await asyncio.to_thread(jackdbus.stop)
+            assert await wait_until(lambda: not watch.state.running, 20), seen.states
+            assert await wait_until(lambda: not watch.jackdbus_present, 10)
+            await asyncio.to_thread(jackdbus.start)
+            assert await wait_until(lambda: watch.jackdbus_present, 10)
+            await asyncio.to_thread(jackdbus.control, "start")
+            assert await wait_until(lambda: watch.state.running, 20), seen.states
         finally:
             await watch.stop()
 
