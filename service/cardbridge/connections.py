@@ -171,6 +171,7 @@ class ConnectionKeeper:
     async def _run(self) -> None:
         backoff = BACKOFF_FIRST
         while not self._stopping:
+            self._wake.clear()   # everything before this turn is looked at below
             if self._client_lost:
                 self._removals.clear()   # JACK left: nothing vanished by the user's hand
                 await asyncio.sleep(SHUTDOWN_GRACE)
@@ -192,7 +193,7 @@ class ConnectionKeeper:
             await self._sleep(None)
 
     async def _sleep(self, timeout: float | None) -> None:
-        self._wake.clear()
+        """Wait for a poke (or the timeout); pokes since the loop's last turn count."""
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
         except asyncio.TimeoutError:

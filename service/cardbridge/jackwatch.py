@@ -186,6 +186,7 @@ class JackWatch:
     async def _run(self) -> None:
         backoff = BACKOFF_FIRST
         while not self._stopping:
+            self._wake.clear()   # everything before this turn is looked at below
             if self._client_lost:
                 if not self._jackdbus_claims_running():
                     self._set_state(JACK_DOWN)
@@ -203,7 +204,7 @@ class JackWatch:
                 backoff = BACKOFF_FIRST
 
     async def _sleep(self, timeout: float | None) -> None:
-        self._wake.clear()
+        """Wait for a poke (or the timeout); pokes since the loop's last turn count."""
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
         except asyncio.TimeoutError:
