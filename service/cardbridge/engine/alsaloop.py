@@ -202,7 +202,7 @@ class AlsaBridge:
         self.bufsize = params.period * params.periods
         converter = CONVERTERS.get(self.spec.quality, "sinc_medium")
         self.withheld, content_lag = resampler_lags(converter)
-        self.margin = max(32, self.period // 8)
+        self.margin = max(48, self.period // 4)  # covers late wake-ups of this thread
         learnt = 1.0 + self.learnt_ppm * 1e-6
         self.dll = PeriodDLL(self.period, fd)
         self.fd = fd
@@ -271,9 +271,20 @@ class AlsaBridge:
         self.offset_sum = 0.0
         self.offset_n = 0
         self.err_p = None
+        self.written = 0
+        if self.cap is None:
+            self._prefill()
+        # duplex: the prefill goes out at the first capture boundary, so that both streams
+        # start in a known phase (the capture read that starts capture takes a period)
+
+    def _prefill(self) -> None:
         silence = np.zeros((self.prefill, self.n_playback), np.float32)
         prefill_codec = SampleCodec(self.pb_params, self.prefill)
-        if self.pb.write(prefill_codec.encode_rt(silence)) < 0:
+        try:
+            res = self.pb.write(prefill_codec.encode_rt(silence))
+        except alsaaudio.ALSAAudioError as exc:
+            raise classify(exc) from exc
+        if res < 0:
             raise Resync()
         self.written = self.prefill
 
@@ -328,7 +339,7 @@ class AlsaBridge:
             if revents & select.POLLERR:
                 state = pcm.state()
                 if state == alsaaudio.PCM_STATE_XRUN:
-                    self._count_xrun_rt()
+                    self._count_xrun_rt("capture overrun" if pcm is self.cap else "playback underrun")
                 raise DeviceGone("the card reported an error on its descriptor")
             if revents & ready_mask:
                 return
@@ -349,14 +360,18 @@ class AlsaBridge:
             raise classify(exc) from exc
         t_wake = jack_now()
         if n < 0:
-            self._count_xrun_rt()
+            self._count_xrun_rt("capture overrun")
         past = max(0, self.cap.avail())
         if n != self.period or not self.dll.update(t_wake, past):
             raise Resync()
         return data
 
-    def _count_xrun_rt(self) -> None:
+    def _count_xrun_rt(self, what: str) -> None:
+        """Count a card xrun and resync; the note (an error path, not the steady state) tells
+        the log which side it was."""
         self.xruns += 1
+        if len(self.notes) < 1000:
+            self.notes.append(f"{what} on {self.spec.pcm} (xrun {self.xruns}); resyncing")
         self.stats.add("xruns")
         raise Resync()
 
@@ -425,6 +440,9 @@ class AlsaBridge:
                 # at that boundary the card had just made room for one period
                 played = self.written - (self.bufsize - period)
                 err = self._error_from_played_rt(cyc, played)
+        elif self.written == 0:
+            self._prefill()
+            return
         elif dll.ready and cyc is not None:
             err = self._playback_error_rt(cyc, jack_now())
         ratio = self.loop_p.ratio
@@ -435,7 +453,7 @@ class AlsaBridge:
         except alsaaudio.ALSAAudioError as exc:
             raise classify(exc) from exc
         if res < 0:
-            self._count_xrun_rt()
+            self._count_xrun_rt("playback underrun")
         self.fifo[:self.fifo_len - period] = self.fifo[period:self.fifo_len]
         self.fifo_len -= period
         self.written += period

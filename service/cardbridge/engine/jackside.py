@@ -9,6 +9,7 @@ non-real-time notification thread and only set flags.
 from __future__ import annotations
 
 import threading
+import time
 
 import jack
 import numpy as np
@@ -127,6 +128,10 @@ class JackSide:
         client, self.client = self.client, None
         if client is None:
             return
+        if self.events.shutdown.is_set():
+            # jackd 1.9.21 dies of SIGPIPE (leaking its registry slot) when a client closes
+            # right after the server told it to go: give the server a moment first
+            time.sleep(1.0)
         try:
             client.deactivate()
         except jack.JackError:
