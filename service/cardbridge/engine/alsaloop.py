@@ -102,6 +102,7 @@ class AlsaBridge:
         self.learnt_ppm = 0.0          # kept across restarts of the thread: re-lock starts from it
         self.loop_c = self.loop_p = None  # kept across resyncs (warm re-lock)
         self.has_locked = False
+        self.drift_smooth: float | None = None
         self.xruns = 0
         self.resyncs = 0
         self.underruns = 0
@@ -505,7 +506,12 @@ class AlsaBridge:
             loop, err = self.loop_c, self.err_c
         else:
             loop, err = self.loop_p, self.err_p
-        drift = loop.drift_ppm
+        # DriftPpm is for people: the integrator's estimate smoothed over ~2 s
+        if self.drift_smooth is None:
+            self.drift_smooth = loop.drift_ppm
+        else:
+            self.drift_smooth += 0.06 * (loop.drift_ppm - self.drift_smooth)
+        drift = self.drift_smooth
         core = self.jack.core
         s = self.stats
         v = s.values

@@ -1,0 +1,212 @@
+"""The bridge engine against a real jackd (dummy driver) and the virtual sound card.
+
+Runs in the pytest process; each bridge is a real worker process started by the supervisor.
+Behaviour only: states, counters, ports, connections, latencies measured in frames — never
+wall-clock thresholds (deadlines are generous and only bound a wait).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from cardbridge import names
+from cardbridge.engine.supervisor import BridgeSpec
+from cardbridge.sandbox import probe
+from cardbridge.sandbox.jackserver import JackServer
+from cardbridge.sandbox.vcard import VirtualCard
+
+from engine_helpers import BridgeRun, jack_latency, run_probes
+
+LOCK_TIMEOUT = 60.0
+
+
+@pytest.fixture
+def loop():
+    lp = asyncio.new_event_loop()
+    yield lp
+    lp.close()
+
+
+@pytest.fixture
+def bridge_on(loop, jack_server):
+    runs: list[BridgeRun] = []
+
+    def make(card: VirtualCard, **spec_args) -> BridgeRun:
+        spec = BridgeSpec(device_id=card.name, pcm=card.name, client_name=card.name,
+                          jack_server=jack_server.name, **spec_args)
+        run = BridgeRun(loop, spec)
+        run.start()
+        runs.append(run)
+        return run
+
+    yield make
+    for run in runs:
+        run.stop()
+
+
+def running(s) -> bool:
+    return s["state"] == names.RUNNING
+
+
+def mean_drift(run: BridgeRun, seconds: float = 4.0) -> float:
+    """The bridge's drift estimate averaged over a few seconds (it breathes with the machine)."""
+    samples = []
+    for _ in range(int(seconds / 0.25)):
+        run.run_for(0.25)
+        samples.append(run.stats()["drift_ppm"])
+    return sum(samples) / len(samples)
+
+
+def ports_of(server: str, client: str) -> list[str]:
+    out = subprocess.run(["jack_lsp", "-s", server], capture_output=True, text=True, timeout=10).stdout
+    return sorted(p for p in out.splitlines() if p.startswith(client + ":"))
+
+
+def connections_of(server: str, port: str) -> list[str]:
+    out = subprocess.run(["jack_lsp", "-s", server, "-c", port], capture_output=True, text=True,
+                         timeout=10).stdout.splitlines()
+    return [line.strip() for line in out[1:] if line.startswith((" ", "\t"))]
+
+
+def test_duplex_bridge_locks_to_the_cards_clock(virtual_cards, bridge_on, jack_server):
+    card = VirtualCard("vcfast", ppm=143.0)
+    virtual_cards(card)
+    run = bridge_on(card)
+    run.wait(running, LOCK_TIMEOUT, "the bridge to lock")
+    assert ports_of(jack_server.name, "vcfast") == [
+        "vcfast:capture_1", "vcfast:capture_2", "vcfast:playback_1", "vcfast:playback_2"]
+    run.run_for(6.0)   # the loop narrows after its wide start
+    assert abs(mean_drift(run) - 143.0) < 25.0, run.stats()
+    s = run.stats()
+    assert s["state"] == names.RUNNING
+    # the loop holds the delay within a few frames once locked
+    assert abs(s["delay_error"]) < 16.0, s
+    assert s["ratio"] == pytest.approx(1 / (1 + 143e-6), abs=40e-6)
+
+
+def test_reported_latency_equals_measured_round_trip(virtual_cards, bridge_on, jack_server, tmp_path):
+    card = VirtualCard("vcloop", ppm=-80.0)
+    virtual_cards(card)
+    run = bridge_on(card)
+    run.wait(running, LOCK_TIMEOUT, "the bridge to lock")
+    cap = jack_latency(jack_server.name, "vcloop:capture_1")[0]
+    pb = jack_latency(jack_server.name, "vcloop:playback_1")[1]
+    assert cap > 0 and pb > 0
+    restarts_before = run.stats()["restarts"]
+    res = run_probes(jack_server.name, "vcloop:playback_1", "vcloop:capture_1", "impulse", 3.0,
+                     tmp_path)
+    if run.stats()["restarts"] != restarts_before:
+        pytest.skip("the machine stalled during the measurement (card xrun, resync)")
+    lag = probe.delay_by_xcorr(res["send"]["signal"], res["recv"]["recorded"])
+    measured = int(res["recv"]["first_frame"]) + lag - int(res["send"]["first_frame"])
+    assert abs(measured - (cap + pb)) <= 2, (measured, cap, pb)
+
+
+def test_tone_through_the_card_loop_is_clean(virtual_cards, bridge_on, jack_server, tmp_path):
+    card = VirtualCard("vctone", ppm=250.0)
+    virtual_cards(card)
+    run = bridge_on(card)
+    run.wait(running, LOCK_TIMEOUT, "the bridge to lock")
+    res = run_probes(jack_server.name, "vctone:playback_1", "vctone:capture_1", "sine", 3.0, tmp_path)
+    got = res["recv"]["recorded"]
+    start = int((abs(got) > 1e-3).argmax()) + 4800
+    assert start > 4800, "no signal came back through the card"
+    windows = probe.thd_n_windows_db(got[start:], int(res["recv"]["rate"]), 997.0)
+    # the median window: a single glitch from a machine stall must not decide the test
+    assert sorted(windows)[len(windows) // 2] < -55.0, windows
+
+
+def test_stall_of_the_worker_relocks(virtual_cards, bridge_on):
+    card = VirtualCard("vcstall", ppm=-300.0)
+    virtual_cards(card)
+    run = bridge_on(card)
+    run.wait(running, LOCK_TIMEOUT, "the bridge to lock")
+    before = run.stats()["restarts"]
+    pid = run.bridge.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    time.sleep(0.1)
+    os.kill(pid, signal.SIGCONT)
+    run.wait(lambda s: s["restarts"] > before, 20.0, "the stall to be counted")
+    run.wait(running, LOCK_TIMEOUT, "the bridge to lock again")
+    assert run.bridge.proc.pid == pid  # same worker: it recovered, nothing had to restart it
+
+
+def test_buffer_size_change_keeps_ports_and_connections(virtual_cards, bridge_on, jack_server):
+    card = VirtualCard("vcbuf", ppm=60.0)
+    virtual_cards(card)
+    run = bridge_on(card)
+    run.wait(running, LOCK_TIMEOUT, "the bridge to lock")
+    subprocess.run(["jack_connect", "-s", jack_server.name, "system:capture_1", "vcbuf:playback_1"],
+                   check=True, timeout=10)
+    ports = ports_of(jack_server.name, "vcbuf")
+    jack_server.set_buffer_size(512)
+    run.wait(lambda s: s["jack_period"] == 512 and running(s), LOCK_TIMEOUT,
+             "the bridge to re-sync on 512 frames")
+    assert ports_of(jack_server.name, "vcbuf") == ports
+    assert "system:capture_1" in connections_of(jack_server.name, "vcbuf:playback_1")
+
+
+def test_jack_restart_waits_then_comes_back(virtual_cards, bridge_on, jack_server):
+    card = VirtualCard("vcjack", ppm=-20.0)
+    virtual_cards(card)
+    run = bridge_on(card)
+    run.wait(running, LOCK_TIMEOUT, "the bridge to lock")
+    pid = run.bridge.proc.pid
+    jack_server.stop()
+    run.wait(lambda s: s["state"] == names.WAITING_FOR_JACK, 30.0, "waiting-for-jack")
+    again = JackServer(name=jack_server.name, rate=48000, period=256)
+    again.start()
+    try:
+        run.wait(running, LOCK_TIMEOUT, "the bridge to come back with JACK")
+        assert ports_of(again.name, "vcjack") == [
+            "vcjack:capture_1", "vcjack:capture_2", "vcjack:playback_1", "vcjack:playback_2"]
+        assert run.bridge.proc.pid == pid
+    finally:
+        run.stop()
+        again.stop()
+
+
+def test_unplug_keeps_ports_and_replug_resumes(virtual_cards, bridge_on, jack_server):
+    card = VirtualCard("vcusb", ppm=35.0, usb_step_us=1000)
+    cards = virtual_cards(card)
+    run = bridge_on(card)
+    run.wait(running, LOCK_TIMEOUT, "the bridge to lock")
+    control = cards.control(card)
+    control.unplug()
+    run.wait(lambda s: s["state"] == names.WAITING_FOR_DEVICE, 20.0, "waiting-for-device")
+    assert len(ports_of(jack_server.name, "vcusb")) == 4
+    control.replug()
+    run.wait(running, LOCK_TIMEOUT, "the bridge to resume after the replug")
+
+
+def test_44k1_card_on_48k_jack(virtual_cards, bridge_on):
+    card = VirtualCard("vc441", rate=44100, ppm=0.0)
+    virtual_cards(card)
+    run = bridge_on(card)
+    s = run.wait(running, LOCK_TIMEOUT, "the bridge to lock")
+    assert s["rate"] == 44100
+    assert s["ratio"] == pytest.approx(48000 / 44100, rel=1e-4)
+
+
+def test_capture_only_card(virtual_cards, bridge_on, jack_server):
+    card = VirtualCard("vcmic", capture_channels=1, playback_channels=0, ppm=400.0)
+    virtual_cards(card)
+    run = bridge_on(card)
+    run.wait(running, LOCK_TIMEOUT, "the bridge to lock")
+    assert ports_of(jack_server.name, "vcmic") == ["vcmic:capture_1"]
+
+
+def test_playback_only_card(virtual_cards, bridge_on, jack_server):
+    card = VirtualCard("vcphones", capture_channels=0, playback_channels=2, ppm=-400.0)
+    virtual_cards(card)
+    run = bridge_on(card)
+    run.wait(running, LOCK_TIMEOUT, "the bridge to lock")
+    assert ports_of(jack_server.name, "vcphones") == ["vcphones:playback_1", "vcphones:playback_2"]
+    run.run_for(6.0)
+    assert abs(mean_drift(run) + 400.0) < 25.0, run.stats()
