@@ -108,14 +108,28 @@ def main(argv=None) -> int:
 
 # -- analysis (test/benchmark process) ----------------------------------------------------------
 
-def delay_by_xcorr(sent: np.ndarray, got: np.ndarray, max_lag: int = 16384) -> int:
-    """Lag (frames) of `got` behind `sent`, by FFT cross-correlation."""
+def delay_by_xcorr(sent: np.ndarray, got: np.ndarray) -> int:
+    """Lag (frames, may be negative) of `got` behind `sent`, by FFT cross-correlation."""
     n = 1
     while n < len(sent) + len(got):
         n *= 2
     spec = np.fft.rfft(got, n) * np.conj(np.fft.rfft(sent, n))
-    corr = np.fft.irfft(spec, n)[:max_lag]
-    return int(np.argmax(corr))
+    corr = np.fft.irfft(spec, n)
+    lag = int(np.argmax(corr))
+    if lag > n // 2:
+        lag -= n
+    return lag
+
+
+def round_trip(send: dict, recv: dict) -> int:
+    """Frames from a sender probe's impulse train to the receiver probe (JACK frame times).
+
+    The clicks repeat every second, so the answer is taken modulo one second of frames: the
+    two probes may start at any time relative to each other.
+    """
+    rate = int(recv["rate"])
+    lag = delay_by_xcorr(send["signal"], recv["recorded"])
+    return (int(recv["first_frame"]) + lag - int(send["first_frame"])) % rate
 
 
 def thd_n_db(x: np.ndarray, rate: int, freq: float) -> float:
