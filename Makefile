@@ -20,7 +20,7 @@ APT_PACKAGES := gcc make pkg-config python3-venv \
 	dbus-daemon dbus-bin systemd zita-ajbridge qjackctl \
 	tmux iproute2 util-linux procps
 
-.PHONY: setup apt venv vcard test demo bench man completions clean
+.PHONY: setup apt venv vcard test demo bench man completions install-docs clean
 
 setup: apt venv vcard man completions
 
@@ -53,15 +53,23 @@ vcard: $(VCARD_SO)
 
 man: venv
 	@mkdir -p $(BUILD)/man
-	@$(PY) -m cardbridge_cli.docs man > $(BUILD)/man/cardbridge.1 2>/dev/null || true
+	$(PY) -m cardbridge_cli.docs man > $(BUILD)/man/cardbridge.1
 
 completions: venv
 	@mkdir -p $(BUILD)/completions
-	@$(PY) -m cardbridge_cli.docs bash > $(BUILD)/completions/cardbridge.bash 2>/dev/null || true
-	@$(PY) -m cardbridge_cli.docs zsh > $(BUILD)/completions/_cardbridge 2>/dev/null || true
+	$(PY) -m cardbridge_cli.docs bash > $(BUILD)/completions/cardbridge.bash
+	$(PY) -m cardbridge_cli.docs zsh > $(BUILD)/completions/_cardbridge
+
+# Installs the CLI's man page and shell completion for the current user (or system-wide as root
+# with PREFIX=/usr/local).
+PREFIX ?= $(HOME)/.local
+install-docs: man completions
+	install -Dm644 $(BUILD)/man/cardbridge.1 $(PREFIX)/share/man/man1/cardbridge.1
+	install -Dm644 $(BUILD)/completions/cardbridge.bash $(PREFIX)/share/bash-completion/completions/cardbridge
+	install -Dm644 $(BUILD)/completions/_cardbridge $(PREFIX)/share/zsh/site-functions/_cardbridge
 
 test: setup
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --timeout 600
 
 demo: setup
 	$(PY) -m cardbridge.sandbox.demo
