@@ -8,21 +8,17 @@ outside it (both reachable through socket files).
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 import time
 from pathlib import Path
-
-import pytest
 
 from cardbridge import names
 from cardbridge.devices import device_from_udev
 from cardbridge.sandbox.udevinject import CARDS
-from cardbridge.sandbox.vcard import CardControl, VirtualCard, create_card, plugin_path
+from cardbridge.sandbox.vcard import VirtualCard, create_card, plugin_path
 
-BUS = "org.cardbridge.CardBridge1"
-BIFACE = "org.cardbridge.CardBridge1.Bridge"
+from service_helpers import daemon, get_prop as prop, jack_connections, wait_for
+
 CARD = 3
 
 
@@ -42,46 +38,14 @@ pcm.!hw {{
     return f"/usr/share/alsa/alsa.conf:{conf}"
 
 
-def prop(address: str, path: str, name: str):
-    out = subprocess.run(["busctl", f"--address={address}", "--json=short", "get-property", BUS,
-                          path, BIFACE, name], capture_output=True, text=True, timeout=20)
-    return json.loads(out.stdout)["data"] if out.returncode == 0 else None
-
-
-def wait_for(fn, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def jack_connections(server: str, port: str) -> list[str]:
-    out = subprocess.run(["jack_lsp", "-s", server, "-c", port], capture_output=True, text=True,
-                         timeout=10).stdout.splitlines()
-    return [line.strip() for line in out[1:] if line.startswith((" ", "\t"))]
-
-
 def test_usb_card_attaches_waits_and_returns_with_its_name_and_connections(
         netns, session_bus, jack_server, tmp_path):
     model = CARDS["scarlett-2i2"]
     clock = create_card(VirtualCard(f"card{CARD}", shm=str(tmp_path / f"card{CARD}.vcard"),
                                     ppm=75.0))
-    env = session_bus.env()
-    env["ALSA_CONFIG_PATH"] = hw_override(tmp_path)
-    env["HOME"] = str(tmp_path)
-    (tmp_path / "config.toml").write_text('auto_attach = "usb"\n')
-    daemon = netns.popen([sys.executable, "-m", "cardbridge.daemon", "--session", "--config",
-                          str(tmp_path / "config.toml"), "--state-dir", str(tmp_path / "state"),
-                          "--jack-server", jack_server.name],
-                         env=env, stdout=open(tmp_path / "daemon.log", "w"), stderr=subprocess.STDOUT)
-    try:
-        address = session_bus.address
-        wait_for(lambda: subprocess.run(["busctl", f"--address={address}", "status", BUS],
-                                        capture_output=True).returncode == 0, 30, "the service")
-        time.sleep(0.5)   # the monitor is listening once the name is owned and start() ran
+    env = session_bus.env(ALSA_CONFIG_PATH=hw_override(tmp_path), HOME=str(tmp_path))
+    with daemon(tmp_path, env, jack_server.name, popen=netns.popen,
+                config='auto_attach = "usb"\n') as address:
         sent = netns.injector.plug(model, CARD)
         dev = device_from_udev(sent[-1])
         path = names.bridge_path(dev.id)
@@ -109,16 +73,7 @@ def test_usb_card_attaches_waits_and_returns_with_its_name_and_connections(
         wait_for(lambda: "system:capture_1" in jack_connections(jack_server.name,
                                                                  f"{client}:playback_1"),
                  20, "the connection to be restored")
-    finally:
-        daemon.terminate()
-        try:
-            daemon.wait(10)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
-        clock.close()
-    log = (tmp_path / "daemon.log").read_text()
-    assert "Traceback" not in log, log
+    clock.close()
 
 
 def test_identical_mics_keep_their_names_whatever_the_plug_order(netns, session_bus, jack_server,
@@ -126,19 +81,9 @@ def test_identical_mics_keep_their_names_whatever_the_plug_order(netns, session_
     clocks = [create_card(VirtualCard(f"card{n}", shm=str(tmp_path / f"card{n}.vcard"),
                                       capture_channels=1, playback_channels=0, ppm=ppm))
               for n, ppm in ((4, 40.0), (5, -60.0))]
-    env = session_bus.env()
-    env["ALSA_CONFIG_PATH"] = hw_override(tmp_path)
-    env["HOME"] = str(tmp_path)
-    (tmp_path / "config.toml").write_text('auto_attach = "usb"\n')
-    daemon = netns.popen([sys.executable, "-m", "cardbridge.daemon", "--session", "--config",
-                          str(tmp_path / "config.toml"), "--state-dir", str(tmp_path / "state"),
-                          "--jack-server", jack_server.name],
-                         env=env, stdout=open(tmp_path / "daemon.log", "w"), stderr=subprocess.STDOUT)
-    try:
-        address = session_bus.address
-        wait_for(lambda: subprocess.run(["busctl", f"--address={address}", "status", BUS],
-                                        capture_output=True).returncode == 0, 30, "the service")
-        time.sleep(0.5)
+    env = session_bus.env(ALSA_CONFIG_PATH=hw_override(tmp_path), HOME=str(tmp_path))
+    with daemon(tmp_path, env, jack_server.name, popen=netns.popen,
+                config='auto_attach = "usb"\n') as address:
         first = {}
         for key, card in (("usb-mic-port1", 4), ("usb-mic-port2", 5)):
             dev = device_from_udev(netns.injector.plug(CARDS[key], card)[-1])
@@ -161,13 +106,5 @@ def test_identical_mics_keep_their_names_whatever_the_plug_order(netns, session_
         for key, (dev_id, path) in first.items():
             wait_for(lambda p=path: prop(address, p, "State") == "running", 60, f"{key} back")
             assert prop(address, path, "ClientName") == clients[key]
-    finally:
-        daemon.terminate()
-        try:
-            daemon.wait(10)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
-        for clock in clocks:
-            clock.close()
-    assert "Traceback" not in (tmp_path / "daemon.log").read_text()
+    for clock in clocks:
+        clock.close()
