@@ -52,6 +52,11 @@ def test_usb_card_attaches_waits_and_returns_with_its_name_and_connections(
         wait_for(lambda: prop(address, path, "State") == "running", 60, "the bridge to run")
         client = prop(address, path, "ClientName")
         assert client == dev.client_name
+        # the card is claimed the way PulseAudio/PipeWire/jackdbus hand cards over
+        owner = subprocess.run(["busctl", f"--address={address}", "status",
+                                f"org.freedesktop.ReserveDevice1.Audio{CARD}"],
+                               capture_output=True, text=True, timeout=10)
+        assert owner.returncode == 0, owner.stderr
         subprocess.run(["jack_connect", "-s", jack_server.name, "system:capture_1",
                         f"{client}:playback_1"], check=True, timeout=10)
         time.sleep(1.5)   # the keeper records it

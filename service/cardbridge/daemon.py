@@ -56,6 +56,8 @@ async def run(args) -> int:
         return 1
     from .api import Api  # after the bus: api imports the interfaces
     api = Api(bus, manager)
+    if not system:
+        manager.reserve_bus = bus       # ReserveDevice1 lives on the session bus
     reply = await bus.request_name(names.BUS_NAME, NameFlag.DO_NOT_QUEUE)
     if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
         log.error("%s is already owned by another process", names.BUS_NAME)

@@ -60,6 +60,8 @@ class Manager:
         self._watch = None
         self._keeper = None
         self._running_state: dict[str, bool] = {}
+        self.reserve_bus = None          # session bus connection for ReserveDevice1, if any
+        self._reservations: dict[str, object] = {}
 
     # -- life ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -104,6 +106,8 @@ class Manager:
             self._hotplug.stop()
         bridges = list(self.bridges.values())
         await asyncio.gather(*(b.stop() for b in bridges), return_exceptions=True)
+        await asyncio.gather(*(self._unreserve(d) for d in list(self._reservations)),
+                             return_exceptions=True)
         for stopper in (self._keeper, self._watch):
             if stopper is not None:
                 try:
@@ -241,8 +245,35 @@ class Manager:
             self.listener.bridge_added(device_id, bridge)
         if not dev.present:
             bridge.device_removed()
+        await self._reserve(dev)
         await bridge.start()
         log.info("attached %s as JACK client '%s'", device_id, spec.client_name)
+
+    async def _reserve(self, dev: Device) -> None:
+        """Claim the card with org.freedesktop.ReserveDevice1 so that PulseAudio/PipeWire let go
+        of it (as jackdbus does); we hand it back only when it is not bridged any more."""
+        if self.reserve_bus is None or dev.card_index is None or dev.id in self._reservations:
+            return
+        from .reserve import DeviceReservation
+        reservation = DeviceReservation(
+            self.reserve_bus, dev.card_index, "cardbridge", device_name=dev.client_name,
+            on_release_requested=lambda priority, d=dev.id: d not in self.bridges)
+        try:
+            if await reservation.acquire():
+                self._reservations[dev.id] = reservation
+            else:
+                log.warning("card %s is reserved by another application; bridging it anyway",
+                            dev.id)
+        except Exception as exc:
+            log.warning("cannot reserve card %s: %s", dev.id, exc)
+
+    async def _unreserve(self, device_id: str) -> None:
+        reservation = self._reservations.pop(device_id, None)
+        if reservation is not None:
+            try:
+                await reservation.release()
+            except Exception as exc:
+                log.debug("releasing the reservation of %s: %s", device_id, exc)
 
     async def detach(self, target: str) -> None:
         dev_id = self.bridge_for(target)
@@ -255,6 +286,7 @@ class Manager:
         if self.listener is not None:
             self.listener.bridge_removed(dev_id)
         await bridge.stop()
+        await self._unreserve(dev_id)
         log.info("detached %s", dev_id)
 
     async def restart(self, device_id: str) -> None:
