@@ -299,26 +299,32 @@ def plots(results: list[dict], out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    colours = {"cardbridge": "tab:blue", "zita": "tab:orange", "alsa_in": "tab:green"}
     for card in sorted({r["card"] for r in results}):
         fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+        d_lim, e_lim = 2.0, 3.0
         for r in [r for r in results if r["card"] == card]:
             t = np.array(r["times"])
             d = np.array(r["delays"])
             if len(d) < 12:
                 continue
-            ax1.plot(t, d - np.median(d[len(d) // 2:]), label=f"{r['bridge']}", alpha=0.8)
+            rel = d - np.median(d[len(d) // 2:])
             err = (d[10:] - d[:-10]) / (10 * RATE) * 1e6
-            ax2.plot(t[10:], err, label=f"{r['bridge']}", alpha=0.8)
-        ax1.set_ylabel("round-trip delay − final (frames)")
-        ax1.set_ylim(-60, 60)
+            label = r["bridge"] if r.get("run", 0) == 0 else None
+            ax1.plot(t, rel, color=colours.get(r["bridge"]), label=label, alpha=0.7)
+            ax2.plot(t[10:], err, color=colours.get(r["bridge"]), label=label, alpha=0.7)
+            d_lim = max(d_lim, min(60.0, 1.2 * float(np.percentile(np.abs(rel[2:]), 98))))
+            e_lim = max(e_lim, min(60.0, 1.2 * float(np.percentile(np.abs(err), 98))))
+        ax1.set_ylabel("round-trip delay − its final value (frames)")
+        ax1.set_ylim(-d_lim, d_lim)
         ax1.legend()
         ax1.grid(alpha=0.3)
-        ax2.set_ylabel("ratio error, 10 s window (ppm)")
-        ax2.set_ylim(-50, 50)
-        ax2.axhspan(-2, 2, color="green", alpha=0.1)
-        ax2.set_xlabel("seconds since the bridge's ports appeared")
+        ax2.set_ylabel("ratio error over 10 s (ppm)")
+        ax2.set_ylim(-e_lim, e_lim)
+        ax2.axhspan(-2, 2, color="green", alpha=0.1, label="±2 ppm")
+        ax2.set_xlabel("seconds since the bridge's ports appeared (each line one run)")
         ax2.grid(alpha=0.3)
-        fig.suptitle(f"card {card}: delay and ratio error over time")
+        fig.suptitle(f"card {card}: round-trip delay and ratio error over time")
         fig.tight_layout()
         fig.savefig(out / f"{card}.png", dpi=90)
         plt.close(fig)
@@ -330,7 +336,13 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--seconds", type=float, default=90.0)
     p.add_argument("--out", default=None)
+    p.add_argument("--replot", metavar="DIR", help="redraw the table and plots of a results.json")
     args = p.parse_args(argv)
+    if args.replot:
+        data = json.loads((Path(args.replot) / "results.json").read_text())
+        print(report(data["results"], Path(args.replot), data["meta"]))
+        plots(data["results"], Path(args.replot))
+        return 0
     cards = [VirtualCard("bench_fast", ppm=143.0),
              VirtualCard("bench_slow_wander", ppm=-500.0, wander_ppm=20.0, wander_period=45.0)]
     if args.quick:
