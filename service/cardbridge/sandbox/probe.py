@@ -70,7 +70,7 @@ def run(args) -> int:
                 k = min(frames, total - r)
                 recorded[r:r + k] = inport.get_array()[:k]
                 pos["rec"] = r + frames
-        if pos["play"] >= total and (inport is None or pos["rec"] >= total):
+        if (outport is None or pos["play"] >= total) and (inport is None or pos["rec"] >= total):
             done.set()
 
     @client.set_xrun_callback
