@@ -13,7 +13,6 @@ import logging
 import os
 import sys
 import tempfile
-import time
 from typing import Callable
 
 from .. import names
@@ -195,8 +194,6 @@ class Bridge:
         if self._slot is None:
             return
         current = self.stats()
-        if current["state"] not in (names.WAITING_FOR_DEVICE, names.WAITING_FOR_JACK):
-            pass
         changed = {k: v for k, v in current.items() if self._last.get(k) != v}
         self._last = current
         if changed:
@@ -209,12 +206,3 @@ class Bridge:
             except Exception:  # a listener's bug must not stop the stats
                 log.exception("bridge %s: change listener failed", self.spec.client_name)
 
-
-async def wait_for_state(bridge: Bridge, states: tuple[str, ...], timeout: float) -> bool:
-    """Helper for callers that need a bridge in one of `states` (polls the slot)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if bridge.state in states:
-            return True
-        await asyncio.sleep(0.05)
-    return bridge.state in states
