@@ -54,6 +54,7 @@ class JackSide:
             RING_FRAMES, max(n_playback, 1))
         self.ports: list[jack.OwnPort] = []
         self._cycle = ffi.new("uint64_t[6]")
+        self._abandoned: list = []
 
     # -- control thread ---------------------------------------------------------------------
     def open(self) -> None:
@@ -130,12 +131,24 @@ class JackSide:
             return
         if self.events.shutdown.is_set():
             # jackd 1.9.21 dies of SIGPIPE (leaking its registry slot) when a client closes
-            # right after the server told it to go: give the server a moment first
+            # right after the server told it to go: give the server a moment first. Closing a
+            # client whose server is gone can also hang inside libjack: do it on the side and
+            # abandon it after a while rather than stop following JACK.
             time.sleep(1.0)
-        try:
-            client.deactivate()
-        except jack.JackError:
-            pass
+            closer = threading.Thread(target=self._close_quietly, args=(client, False), daemon=True)
+            closer.start()
+            closer.join(2.0)
+            self._abandoned.append(client)  # never collected: libjack may still hold it
+            return
+        self._close_quietly(client, True)
+
+    @staticmethod
+    def _close_quietly(client, deactivate: bool) -> None:
+        if deactivate:
+            try:
+                client.deactivate()
+            except jack.JackError:
+                pass
         try:
             client.close()
         except jack.JackError:

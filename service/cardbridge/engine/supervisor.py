@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from typing import Callable
 
 from .. import names
@@ -47,6 +48,7 @@ class Bridge:
         self._ports: list[str] = []
         self._last: dict = {}
         self._forced_state: str | None = None
+        self._forced_since = 0.0
         self._exited = asyncio.Event()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -128,22 +130,28 @@ class Bridge:
                 pass
 
     # -- hints ----------------------------------------------------------------------------------
+    def _force(self, state: str | None) -> None:
+        """A hint from the main process: shown until the worker proves otherwise by streaming
+        again after the hint (its heartbeat moves on)."""
+        self._forced_state = state
+        self._forced_since = time.monotonic()
+
     def device_removed(self) -> None:
-        self._forced_state = names.WAITING_FOR_DEVICE
+        self._force(names.WAITING_FOR_DEVICE)
         self._send("device")
         self._notify_stats()
 
     def device_added(self) -> None:
-        self._forced_state = None
+        self._force(None)
         self._send("device")
 
     def jack_stopped(self) -> None:
-        self._forced_state = names.WAITING_FOR_JACK
+        self._force(names.WAITING_FOR_JACK)
         self._send("jack")
         self._notify_stats()
 
     def jack_started(self) -> None:
-        self._forced_state = None
+        self._force(None)
         self._send("jack")
 
     # -- stats ------------------------------------------------------------------------------------
@@ -158,7 +166,8 @@ class Bridge:
         spec = self.spec
         snap = self._slot.snapshot() if self._slot is not None else {}
         state = snap.get("state", names.STARTING)
-        if self._forced_state and state in (names.RUNNING, names.SYNCING, names.STARTING):
+        if (self._forced_state and state in (names.RUNNING, names.SYNCING, names.STARTING)
+                and snap.get("heartbeat", 0.0) <= self._forced_since):
             state = self._forced_state
         latency = int(round(max(snap.get("capture_latency", 0.0), snap.get("playback_latency", 0.0))))
         return {

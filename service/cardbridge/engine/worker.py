@@ -163,7 +163,8 @@ class Worker:
                 self.alsa = alsa
                 reported = 0
                 alsa.start()
-            elif not alsa.thread.is_alive() and not self.stopping:
+            elif (not alsa.thread.is_alive() and not self.stopping
+                  and not side.events.shutdown.is_set()):
                 log("ALSA thread ended unexpectedly; restarting it")
                 self.stats.add("restarts")
                 learnt = alsa.learnt_ppm
