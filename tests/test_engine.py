@@ -112,13 +112,15 @@ def test_tone_through_the_card_loop_is_clean(virtual_cards, bridge_on, jack_serv
     virtual_cards(card)
     run = bridge_on(card)
     run.wait(running, LOCK_TIMEOUT, "the bridge to lock")
+    run.run_for(10.0)   # the loop starts wide (1 Hz) and narrows; steady state is what counts
     res = run_probes(jack_server.name, "vctone:playback_1", "vctone:capture_1", "sine", 3.0, tmp_path)
     got = res["recv"]["recorded"]
     start = int((abs(got) > 1e-3).argmax()) + 4800
     assert start > 4800, "no signal came back through the card"
     windows = probe.thd_n_windows_db(got[start:], int(res["recv"]["rate"]), 997.0)
     # the median window: a single glitch from a machine stall must not decide the test
-    assert sorted(windows)[len(windows) // 2] < -55.0, windows
+    # (the target is -96 dB at the default quality; measured here about -105 to -110 dB)
+    assert sorted(windows)[len(windows) // 2] < -90.0, windows
 
 
 def test_stall_of_the_worker_relocks(virtual_cards, bridge_on):

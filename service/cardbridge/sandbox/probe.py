@@ -132,42 +132,50 @@ def round_trip(send: dict, recv: dict) -> int:
     return (int(recv["first_frame"]) + lag - int(send["first_frame"])) % rate
 
 
-def thd_n_db(x: np.ndarray, rate: int, freq: float) -> float:
-    """THD+N of a recorded sine: residual after a least-squares fit of the fundamental (dB)."""
-    t = np.arange(len(x)) / rate
-    # refine the frequency a little: the card's clock is not JACK's after resampling only if unlocked
-    best = None
-    for f in np.linspace(freq * (1 - 2e-4), freq * (1 + 2e-4), 41):
-        m = np.column_stack([np.sin(2 * np.pi * f * t), np.cos(2 * np.pi * f * t), np.ones_like(t)])
-        coef, res, *_ = np.linalg.lstsq(m, x.astype(np.float64), rcond=None)
-        resid = x - m @ coef
-        power = float(np.mean(resid ** 2))
-        if best is None or power < best[0]:
-            best = (power, coef)
-    power, coef = best
-    signal_power = (coef[0] ** 2 + coef[1] ** 2) / 2
-    return 10 * np.log10(max(power, 1e-30) / signal_power)
+def sine_fit_residual(y: np.ndarray, t: np.ndarray, freq: float, iterations: int = 6):
+    """Four-parameter sine fit (amplitude, phase, offset and frequency, IEEE Std 1057).
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    Returns (residual, signal power). The frequency is refined by Gauss–Newton from `freq`, the
+    way an analyser's notch tracks the fundamental: a tone that comes back a fraction of a ppm
+    off its nominal frequency is still a pure tone, and only what is not that tone counts.
+    """
+    w = 2 * np.pi * freq
+    coef = np.zeros(3)
+    for _ in range(iterations):
+        s, c = np.sin(w * t), np.cos(w * t)
+        m = np.column_stack([s, c, np.ones_like(t)])
+        coef, *_ = np.linalg.lstsq(m, y, rcond=None)
+        a, b = coef[0], coef[1]
+        # derivative of a·sin(wt) + b·cos(wt) with respect to w
+        m4 = np.column_stack([m, t * (a * c - b * s)])
+        coef4, *_ = np.linalg.lstsq(m4, y, rcond=None)
+        dw = coef4[3]
+        if not np.isfinite(dw) or abs(dw) > 1e-3 * w:
+            break
+        w += dw
+        if abs(dw) < 1e-12 * w:
+            break
+    s, c = np.sin(w * t), np.cos(w * t)
+    m = np.column_stack([s, c, np.ones_like(t)])
+    coef, *_ = np.linalg.lstsq(m, y, rcond=None)
+    return y - m @ coef, (coef[0] ** 2 + coef[1] ** 2) / 2
 
 
 def thd_n_windows_db(x: np.ndarray, rate: int, freq: float, window: int = 4096) -> list[float]:
-    """THD+N per window: residual after fitting the fundamental (and DC) in each window.
+    """THD+N per window: residual after a four-parameter fit of the fundamental in each window.
 
-    Fitting per window follows a slowly wandering phase (the bridge's delay breathing by a
-    fraction of a frame) the way an analyser's tracking notch does; whatever else is in the
-    window — harmonics, noise, glitches — counts.
+    Fitting per window follows a slowly wandering phase and frequency (the bridge's ratio
+    breathing by a fraction of a ppm) the way an analyser's tracking notch does; whatever else
+    is in the window — harmonics, noise, phase jitter within the window, glitches — counts.
     """
     out = []
     for start in range(0, len(x) - window + 1, window):
         y = x[start:start + window].astype(np.float64)
-        t = (np.arange(window) + start) / rate
-        m = np.column_stack([np.sin(2 * np.pi * freq * t), np.cos(2 * np.pi * freq * t),
-                             np.ones(window)])
-        coef, *_ = np.linalg.lstsq(m, y, rcond=None)
-        resid = y - m @ coef
-        signal_power = (coef[0] ** 2 + coef[1] ** 2) / 2
+        t = (np.arange(window) - window / 2) / rate
+        resid, signal_power = sine_fit_residual(y, t, freq)
         out.append(float(10 * np.log10(max(np.mean(resid ** 2), 1e-30) / max(signal_power, 1e-30))))
     return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
