@@ -7,6 +7,7 @@ Opening and closing run in the bridge worker's ALSA thread outside its real-time
 from __future__ import annotations
 
 import errno
+import sys
 from dataclasses import dataclass
 
 import alsaaudio
@@ -20,6 +21,7 @@ FORMATS = (
     ("S16_LE", alsaaudio.PCM_FORMAT_S16_LE, 2),
 )
 _BY_CODE = {code: (name, width) for name, code, width in FORMATS}
+NATIVE_FLOAT = sys.byteorder == "little"   # FLOAT_LE samples are numpy float32 as they are
 
 # Errors that mean "the device is not there (any more)".
 GONE_ERRNOS = (errno.ENODEV, errno.ENOENT, errno.ENXIO, errno.EBADFD, errno.ESHUTDOWN)
@@ -130,8 +132,12 @@ class SampleCodec:
 
     def decode_rt(self, data: bytes, frames: int) -> np.ndarray:
         """Device bytes → float32 view (frames, channels) into the codec's buffer."""
-        out = self.floats[:frames]
         fmt = self.params.format_name
+        if fmt == "FLOAT_LE" and NATIVE_FLOAT:
+            # no copy: a view of the bytes pyalsaaudio returned (read-only is fine for resampling)
+            return np.frombuffer(data, dtype=np.float32,
+                                 count=frames * self.params.channels).reshape(frames, -1)
+        out = self.floats[:frames]
         if fmt == "FLOAT_LE":
             src = np.frombuffer(data, dtype="<f4", count=frames * self.params.channels)
             out.reshape(-1)[:] = src
@@ -155,25 +161,36 @@ class SampleCodec:
         return out
 
     def encode_rt(self, frames_in: np.ndarray) -> memoryview:
-        """float32 (frames, channels) → device bytes (a view of the codec's buffer)."""
+        """float32 (frames, channels) → device bytes (a view of the codec's buffer, or of
+        `frames_in` itself, clipped in place, when the device takes native float32)."""
         frames = frames_in.shape[0]
         n = frames * self.params.channels
         fmt = self.params.format_name
         flat = frames_in.reshape(-1)
+        if fmt == "FLOAT_LE" and NATIVE_FLOAT and frames_in.flags.c_contiguous:
+            np.minimum(flat, 1.0, out=flat)
+            np.maximum(flat, -1.0, out=flat)
+            return memoryview(flat)
         if fmt == "FLOAT_LE":
             dst = np.frombuffer(self.raw, dtype="<f4", count=n)
-            np.clip(flat, -1.0, 1.0, out=dst)
+            np.minimum(flat, 1.0, out=dst)
+            np.maximum(dst, -1.0, out=dst)   # two ufunc calls: np.clip's wrappers cost more
             return memoryview(self.raw)[: n * 4]
+        # the same scale as decode_rt (full scale = 2**(bits-1)), so a round trip is exact;
+        # +1.0 itself clips to the largest code
         tmp = self.floats.reshape(-1)[:n]
-        np.clip(flat, -1.0, 1.0, out=tmp)
         if fmt == "S16_LE":
-            np.multiply(tmp, 32767.0, out=tmp)
+            np.multiply(flat, 32768.0, out=tmp)
+            np.minimum(tmp, 32767.0, out=tmp)
+            np.maximum(tmp, -32768.0, out=tmp)
             dst = np.frombuffer(self.raw, dtype="<i2", count=n)
             np.rint(tmp, out=tmp)
             dst[:] = tmp
             return memoryview(self.raw)[: n * 2]
         ints = self.ints.reshape(-1)[:n]
-        np.multiply(tmp, 2147483392.0, out=tmp)  # largest float32 below 2**31
+        np.multiply(flat, 2147483648.0, out=tmp)
+        np.minimum(tmp, 2147483520.0, out=tmp)   # the largest float32 below 2**31
+        np.maximum(tmp, -2147483648.0, out=tmp)
         np.rint(tmp, out=tmp)
         ints[:] = tmp
         if fmt == "S32_LE":
