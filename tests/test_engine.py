@@ -173,6 +173,34 @@ def test_jack_restart_waits_then_comes_back(virtual_cards, bridge_on, jack_serve
         again.stop()
 
 
+def test_jack_killed_then_back_at_another_sample_rate(virtual_cards, bridge_on, jack_server):
+    """kill -9 of jackd, then a server of the same name at 44.1 kHz (with jack2 a sample-rate
+    change is always a new server): the same worker follows with the new nominal ratio."""
+    card = VirtualCard("vcrate", rate=48000, ppm=90.0)
+    virtual_cards(card)
+    run = bridge_on(card)
+    run.wait(running, LOCK_TIMEOUT, "the bridge to lock")
+    pid = run.bridge.proc.pid
+    ports = ports_of(jack_server.name, "vcrate")
+    jack_server.kill9()
+    run.wait(lambda s: s["state"] == names.WAITING_FOR_JACK, 30.0, "waiting-for-jack")
+    again = JackServer(name=jack_server.name, rate=44100, period=256)
+    again.start()
+    try:
+        s = run.wait(lambda s: running(s) and s["jack_rate"] == 44100, LOCK_TIMEOUT,
+                     "the bridge to come back at 44.1 kHz")
+        assert s["rate"] == 48000
+        # the nominal ratio is the new one (the loop's proportional part may still be busy)
+        assert s["ratio"] == pytest.approx(44100 / 48000, abs=500e-6)
+        assert abs(mean_drift(run) - 90.0) < 25.0, run.stats()
+        assert ports_of(again.name, "vcrate") == ports
+        assert run.bridge.proc.pid == pid
+        assert "failed" not in run.states_seen()
+    finally:
+        run.stop()
+        again.stop()
+
+
 def test_unplug_keeps_ports_and_replug_resumes(virtual_cards, bridge_on, jack_server):
     card = VirtualCard("vcusb", ppm=35.0, usb_step_us=1000)
     cards = virtual_cards(card)
