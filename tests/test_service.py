@@ -175,6 +175,26 @@ def test_attach_detach_and_object_lifecycle(service):
     assert "UnknownObject" in error_of(out) or "no object" in error_of(out)
 
 
+def test_object_manager_signals_come_from_the_manager_path(service):
+    """A client that watches the object manager (GDBusObjectManagerClient matches on its path)
+    sees bridges appear and go."""
+    mon = subprocess.Popen(["dbus-monitor", "--address", service.bus.address,
+                            f"type='signal',interface='org.freedesktop.DBus.ObjectManager',path='{MGR}'"],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)   # the monitor's match is in place
+        path = service.json_call(MGR, MIFACE, "Attach", "sa{sv}", "vcb", "0")[0]
+        service.call(path, BIFACE, "Detach")
+        time.sleep(0.5)
+    finally:
+        mon.terminate()
+    out, _ = mon.communicate(timeout=10)
+    added = out.split("member=InterfacesAdded")
+    assert len(added) == 2, out
+    assert f'object path "{path}"' in added[1] and BIFACE in added[1]
+    assert "member=InterfacesRemoved" in out
+
+
 def test_errors_are_typed_one_line_and_leak_nothing(service):
     cases = [
         (("Attach", "sa{sv}", "no-such-card", "0"), "NoSuchDevice"),

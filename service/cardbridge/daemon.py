@@ -16,7 +16,7 @@ import sys
 
 from . import __version__, names
 from .config import default_path
-from .dbuslib import BusType, MessageBus, NameFlag, RequestNameReply
+from .dbuslib import BusType, NameFlag, RequestNameReply, ServiceBus
 from .errors import CardBridgeError
 from .manager import Manager
 from .sdnotify import notify
@@ -50,7 +50,8 @@ async def run(args) -> int:
     manager = Manager(config, state_dir, jack_server, hotplug=not args.no_hotplug,
                       session_bus_address=session_address)
     try:
-        bus = await MessageBus(bus_type=BusType.SYSTEM if system else BusType.SESSION).connect()
+        bus = await ServiceBus(bus_type=BusType.SYSTEM if system else BusType.SESSION,
+                               object_manager_path=names.MANAGER_PATH).connect()
     except Exception as exc:
         log.error("cannot connect to the %s bus: %s", "system" if system else "session", exc)
         return 1

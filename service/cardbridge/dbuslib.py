@@ -13,3 +13,28 @@ from dbus_next.errors import InterfaceNotFoundError  # noqa: F401
 from dbus_next.introspection import Node  # noqa: F401
 from dbus_next.service import ServiceInterface, dbus_property, method, signal  # noqa: F401
 from dbus_next.signature import SignatureTree  # noqa: F401
+
+
+OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
+
+
+class ServiceBus(MessageBus):
+    """The service's bus connection: ObjectManager signals come from the manager's path.
+
+    dbus-next sends `InterfacesAdded`/`InterfacesRemoved` from the path of the object that
+    appeared; the D-Bus specification (and GDBusObjectManagerClient, which matches on the
+    manager's path) wants them from the object manager's own path. Objects below
+    `object_manager_path` have theirs re-sent from there; anything else passes unchanged.
+    """
+
+    def __init__(self, *args, object_manager_path: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.object_manager_path = object_manager_path
+
+    def send(self, msg: Message):
+        root = self.object_manager_path
+        if (root and msg.message_type == MessageType.SIGNAL and msg.interface == OBJECT_MANAGER
+                and msg.path != root and msg.path.startswith(root + "/")):
+            msg = Message.new_signal(path=root, interface=OBJECT_MANAGER, member=msg.member,
+                                     signature=msg.signature, body=msg.body)
+        return super().send(msg)
