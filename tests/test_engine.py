@@ -138,6 +138,23 @@ def test_stall_of_the_worker_relocks(virtual_cards, bridge_on):
     assert run.bridge.proc.pid == pid  # same worker: it recovered, nothing had to restart it
 
 
+def test_card_xrun_is_counted_and_recovered(virtual_cards, bridge_on):
+    """The card's clock freezes for 150 ms and then jumps (what a USB hiccup does): the
+    buffer over/underruns; the bridge counts the xrun, re-syncs and locks again, same worker."""
+    card = VirtualCard("vcxrun", ppm=120.0)
+    cards = virtual_cards(card)
+    run = bridge_on(card)
+    run.wait(running, LOCK_TIMEOUT, "the bridge to lock")
+    before = run.stats()
+    pid = run.bridge.proc.pid
+    cards.control(card).stall(0.15)
+    run.wait(lambda s: s["xruns"] > before["xruns"], 20.0, "the xrun to be counted")
+    run.wait(running, LOCK_TIMEOUT, "the bridge to lock again")
+    assert run.bridge.proc.pid == pid
+    run.run_for(2.0)
+    assert abs(mean_drift(run) - 120.0) < 25.0, run.stats()
+
+
 def test_buffer_size_change_keeps_ports_and_connections(virtual_cards, bridge_on, jack_server):
     card = VirtualCard("vcbuf", ppm=60.0)
     virtual_cards(card)
