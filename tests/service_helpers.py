@@ -51,7 +51,7 @@ def daemon(tmp_path: Path, env: dict, jack_server: str, *extra: str, popen=subpr
     proc = popen([sys.executable, "-m", "cardbridge.daemon", "--session", "--config",
                   str(tmp_path / "config.toml"), "--state-dir", str(tmp_path / "state"),
                   "--jack-server", jack_server, *extra],
-                 env=env, stdout=log, stderr=subprocess.STDOUT)
+                 env=dict(env, PYTHONFAULTHANDLER="1"), stdout=log, stderr=subprocess.STDOUT)
     address = env["DBUS_SESSION_BUS_ADDRESS"]
     try:
         wait_for(lambda: get_prop(address, MGR, "Version", MIFACE) is not None, 30, "the service")

@@ -1,9 +1,9 @@
 """Remember the JACK connections of every bridge's ports and put them back when ports return.
 
-Runs in the main asyncio process. A light JACK client of its own (no process callback, no
-ports) watches the graph: its port-connect, port-registration and shutdown callbacks run in
-JACK's notification thread and do nothing but hand names to the loop (call_soon_threadsafe).
-Everything else - bookkeeping, deciding, connecting, saving - happens in the loop.
+Runs in the main asyncio process. The main process's JACK client (jacklink.JackLink, shared with
+JackWatch) watches the graph: its port-connect, port-registration and shutdown callbacks run in
+JACK's notification thread and do nothing but hand names to the loop. Everything else -
+bookkeeping, deciding, connecting, saving - happens in the loop.
 
 What is remembered, per stable device id: for each of the bridge's ports, by short name
 ("capture_1"), the full names of the ports it is connected to ("system:playback_1"), whoever
@@ -29,12 +29,10 @@ from typing import Callable
 
 import jack
 
-from .jackwatch import (BACKOFF_FIRST, BACKOFF_MAX, SHUTDOWN_GRACE, activate_client, close_client,
-                        open_client, post_to_loop, silence_libjack)
+from .jacklink import JackLink
 
 log = logging.getLogger(__name__)
 
-KEEPER_CLIENT_NAME = "cardbridge-connections"
 SETTLE = 1.0        # s before a vanished connection counts as removed by the user
 SAVE_DELAY = 0.2    # s to gather several changes into one save
 GONE_MEMORY = 30.0  # s an unregistered port name is remembered as "went away"
@@ -86,17 +84,17 @@ class ConnectionKeeper:
     """Keeps the bridges' JACK connections across restarts, replugs and service restarts."""
 
     def __init__(self, server_name: str | None, load: Callable[[], dict],
-                 save: Callable[[dict], None], client_name: str = KEEPER_CLIENT_NAME):
+                 save: Callable[[dict], None], link: JackLink | None = None):
+        """`link` is the main process's JACK client, shared; one of its own when None."""
         self.server_name = server_name
         self._load = load
         self._save = save
-        self.client_name = client_name
+        self._own_link = link is None
+        self.link = link if link is not None else JackLink(server_name)
+        self.link.subscribe(self)
         self._memory: Memory = {}
         self._bridges: dict[str, str] = {}      # device id -> JACK client name (bridge is up)
         self._by_client: dict[str, str] = {}    # JACK client name -> device id
-        self._client: jack.Client | None = None
-        self._client_lost = False
-        self._opening: asyncio.Future | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
@@ -112,13 +110,14 @@ class ConnectionKeeper:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        silence_libjack()
         try:
             self._memory = parse_memory(self._load())
         except Exception as exc:
             log.warning("cannot load stored connections (%s); starting with none", exc)
             self._memory = {}
         self._task = asyncio.create_task(self._run(), name="connections")
+        if self._own_link:
+            await self.link.start()
 
     async def stop(self) -> None:
         self._stopping = True
@@ -133,8 +132,8 @@ class ConnectionKeeper:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        await self._finish_pending_open()
-        await self._drop_client()
+        if self._own_link:
+            await self.link.stop()
         self._flush_save()
 
     def bridge_up(self, device_id: str, client_name: str) -> None:
@@ -169,106 +168,23 @@ class ConnectionKeeper:
     # ----------------------------------------------------------------- main task
 
     async def _run(self) -> None:
-        backoff = BACKOFF_FIRST
         while not self._stopping:
             self._wake.clear()   # everything before this turn is looked at below
-            if self._client_lost:
-                self._removals.clear()   # JACK left: nothing vanished by the user's hand
-                await asyncio.sleep(SHUTDOWN_GRACE)
-                await self._drop_client()
-                backoff = BACKOFF_FIRST
-            if self._client is None and self._bridges:
-                if await self._try_open():
-                    backoff = BACKOFF_FIRST
-                    self._to_sync.update(self._bridges)
-                else:
-                    await self._sleep(backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX)
-                    continue
-            if self._client is not None and self._to_sync:
+            if self.link.up and self._to_sync:
                 pending, self._to_sync = self._to_sync, set()
                 for device_id in pending:
                     self._sync_bridge(device_id)
                 continue
-            await self._sleep(None)
+            await self._wake.wait()
 
-    async def _sleep(self, timeout: float | None) -> None:
-        """Wait for a poke (or the timeout); pokes since the loop's last turn count."""
-        try:
-            await asyncio.wait_for(self._wake.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+    # ----------------------------------------------------------------- the link (loop)
 
-    # ----------------------------------------------------------------- the light client
+    def link_up(self, client: jack.Client) -> None:
+        self._to_sync.update(self._bridges)
+        self._wake.set()
 
-    def _open_activated_blocking(self) -> jack.Client:
-        """Open, hook up and activate the watching client (worker thread)."""
-        loop = self._loop
-        client = open_client(self.client_name, self.server_name)
-
-        def on_shutdown(status, reason):
-            post_to_loop(loop, self._on_shutdown, client)
-
-        def on_connect(a, b, connected):
-            if a is not None and b is not None:
-                post_to_loop(loop, self._on_connect, client, a.name, b.name, bool(connected))
-
-        def on_registration(port, registered):
-            if port is not None:
-                post_to_loop(loop, self._on_registration, client, port.name, bool(registered))
-
-        try:
-            client.set_shutdown_callback(on_shutdown)
-            client.set_port_connect_callback(on_connect, only_available=False)
-            client.set_port_registration_callback(on_registration, only_available=False)
-            activate_client(client)
-            client.get_ports()   # lets JACK-Client name ports that existed before activation
-        except BaseException:
-            close_client(client)
-            raise
-        return client
-
-    async def _try_open(self) -> bool:
-        self._opening = asyncio.ensure_future(asyncio.to_thread(self._open_activated_blocking))
-        try:
-            client = await asyncio.shield(self._opening)
-        except jack.JackError:
-            return False
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.debug("cannot open the connections client: %s", exc)
-            return False
-        finally:
-            if self._opening is not None and self._opening.done():
-                self._opening = None
-        if self._stopping:
-            await asyncio.to_thread(close_client, client)
-            return False
-        self._client = client
-        self._client_lost = False
-        return True
-
-    async def _finish_pending_open(self) -> None:
-        opening, self._opening = self._opening, None
-        if opening is None:
-            return
-        try:
-            client = await opening
-        except BaseException:
-            return
-        await asyncio.to_thread(close_client, client)
-
-    async def _drop_client(self) -> None:
-        client, self._client = self._client, None
-        self._client_lost = False
-        if client is not None:
-            await asyncio.to_thread(close_client, client)
-
-    def _on_shutdown(self, client: jack.Client) -> None:
-        if client is self._client:
-            self._client_lost = True
-            self._wake.set()
+    def link_lost(self) -> None:
+        self._removals.clear()   # JACK left: nothing vanished by the user's hand
 
     # ----------------------------------------------------------------- graph events (loop)
 
@@ -278,9 +194,7 @@ class ConnectionKeeper:
         device_id = self._by_client.get(client_name) if sep else None
         return (device_id, short) if device_id is not None else None
 
-    def _on_connect(self, client: jack.Client, a: str, b: str, connected: bool) -> None:
-        if client is not self._client or self._client_lost:
-            return
+    def link_connect(self, a: str, b: str, connected: bool) -> None:
         for ours, peer in ((a, b), (b, a)):
             owner = self._ours(ours)
             if owner is None:
@@ -292,9 +206,7 @@ class ConnectionKeeper:
                 self._removals.append(_Removal(device_id, short, ours, peer, time.monotonic()))
                 self._schedule_settle(SETTLE)
 
-    def _on_registration(self, client: jack.Client, port_name: str, registered: bool) -> None:
-        if client is not self._client or self._client_lost:
-            return
+    def link_registration(self, port_name: str, registered: bool) -> None:
         if not registered:
             self._gone[port_name] = time.monotonic()
             return
@@ -334,8 +246,8 @@ class ConnectionKeeper:
         now = time.monotonic()
         due = [r for r in self._removals if now - r.at >= SETTLE]
         self._removals = [r for r in self._removals if now - r.at < SETTLE]
-        client = self._client
-        if client is not None and not self._client_lost:
+        client = self.link.client
+        if client is not None:
             for removal in due:
                 if self._removed_by_user(client, removal):
                     self._forget(removal.device_id, removal.short, removal.peer)
@@ -360,9 +272,9 @@ class ConnectionKeeper:
 
     def _sync_bridge(self, device_id: str) -> None:
         """Record the bridge's current connections, then make the remembered missing ones."""
-        client = self._client
+        client = self.link.client
         client_name = self._bridges.get(device_id)
-        if client is None or self._client_lost or client_name is None:
+        if client is None or client_name is None:
             return
         prefix = client_name + ":"
         try:

@@ -57,6 +57,7 @@ class Manager:
         self.listener: Listener | None = None
         self.version = __version__
         self._hotplug = None
+        self._link = None
         self._watch = None
         self._keeper = None
         self._running_state: dict[str, bool] = {}
@@ -90,15 +91,20 @@ class Manager:
     async def _start_jack_following(self) -> None:
         try:
             from .connections import ConnectionKeeper
+            from .jacklink import JackLink
             from .jackwatch import JackWatch
-        except ImportError as exc:  # pragma: no cover - both ship with the package
+        except ImportError as exc:  # pragma: no cover - all ship with the package
             log.warning("JACK following unavailable: %s", exc)
             return
-        self._watch = JackWatch(self.jack_server, self.session_bus_address, self._on_jack)
+        # One JACK client for the whole main process (see jacklink), shared by both.
+        self._link = JackLink(self.jack_server)
+        self._watch = JackWatch(self.jack_server, self.session_bus_address, self._on_jack,
+                                link=self._link)
         self._keeper = ConnectionKeeper(self.jack_server, self._load_connections,
-                                        self._save_connections)
+                                        self._save_connections, link=self._link)
         await self._watch.start()
         await self._keeper.start()
+        await self._link.start()
 
     async def stop(self) -> None:
         """Stop every bridge (their JACK clients close) and save the state."""
@@ -108,7 +114,7 @@ class Manager:
         await asyncio.gather(*(b.stop() for b in bridges), return_exceptions=True)
         await asyncio.gather(*(self._unreserve(d) for d in list(self._reservations)),
                              return_exceptions=True)
-        for stopper in (self._keeper, self._watch):
+        for stopper in (self._keeper, self._watch, self._link):
             if stopper is not None:
                 try:
                     await asyncio.wait_for(stopper.stop(), 1.0)

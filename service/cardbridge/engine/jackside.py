@@ -24,11 +24,34 @@ def _as_void(ptr) -> object:
     return ffi.cast("void *", int(jack._ffi.cast("uintptr_t", ptr)))
 
 
+class LibjackStuck(RuntimeError):
+    """A JACK client could not be closed: this process must not open another one."""
+
+
+class ServerNews:
+    """When the main process last said that a JACK server (re)started (control threads)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self.up_at = 0.0
+
+    def server_up(self) -> None:
+        with self._cond:
+            self.up_at = time.monotonic()
+            self._cond.notify_all()
+
+    def wait_replaced(self, since: float, timeout: float) -> bool:
+        """True once a server started after `since` (monotonic), False after `timeout`."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.up_at > since, timeout)
+
+
 class JackEvents:
     """Flags the JACK notification thread raises for the worker (plain attributes under the GIL)."""
 
     def __init__(self):
         self.shutdown = threading.Event()
+        self.shutdown_at = 0.0                 # monotonic time of the shutdown callback
         self.blocksize = 0
         self.samplerate = 0
         self.changed = threading.Event()   # blocksize or samplerate changed: resync
@@ -68,6 +91,7 @@ class JackSide:
         ev.samplerate = client.samplerate
 
         def on_shutdown(status, reason):
+            ev.shutdown_at = time.monotonic()
             ev.shutdown.set()
 
         def on_blocksize(blocksize):
@@ -125,20 +149,31 @@ class JackSide:
     def activate(self) -> None:
         self.client.activate()
 
-    def close(self) -> None:
+    def close(self, news: ServerNews | None = None) -> None:
+        """Close the client. After a shutdown, wait up to 1 s first, less when `news` says a
+        server started since: the old one has exited then."""
         client, self.client = self.client, None
         if client is None:
             return
         if self.events.shutdown.is_set():
             # jackd 1.9.21 dies of SIGPIPE (leaking its registry slot) when a client closes
             # right after the server told it to go: give the server a moment first. Closing a
-            # client whose server is gone can also hang inside libjack: do it on the side and
-            # abandon it after a while rather than stop following JACK.
-            time.sleep(1.0)
+            # client whose server is gone can also hang inside libjack: do it on the side. A
+            # process with such a client must not open another one (libjack2 deletes every
+            # client of a process whose server left at the next open, under the closing
+            # thread's feet): the worker then exits, and its supervisor starts a fresh one.
+            since = self.events.shutdown_at
+            wait = max(0.0, since + 1.0 - time.monotonic())
+            if news is None:
+                time.sleep(wait)
+            else:
+                news.wait_replaced(since, wait)
             closer = threading.Thread(target=self._close_quietly, args=(client, False), daemon=True)
             closer.start()
             closer.join(2.0)
-            self._abandoned.append(client)  # never collected: libjack may still hold it
+            if closer.is_alive():
+                self._abandoned.append(client)  # never collected: libjack still holds it
+                raise LibjackStuck("closing the JACK client of a server that left hangs in libjack")
             return
         self._close_quietly(client, True)
 

@@ -49,6 +49,9 @@ class Bridge:
         self._last: dict = {}
         self._forced_state: str | None = None
         self._forced_since = 0.0
+        # JACK went away: until the worker reports its ports on the new server, a "running"
+        # left in its stats slot is from the old one (its card thread may still stream).
+        self._awaiting_ports = False
         self._exited = asyncio.Event()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -83,6 +86,7 @@ class Bridge:
             except ValueError:
                 continue
             if event.get("event") == "ports":
+                self._awaiting_ports = False
                 self._ports = list(event.get("ports", []))
                 self._notify({"ports": self._ports})
         code = await proc.wait()
@@ -146,13 +150,14 @@ class Bridge:
         self._send("device")
 
     def jack_stopped(self) -> None:
+        self._awaiting_ports = True
         self._force(names.WAITING_FOR_JACK)
-        self._send("jack")
+        self._send("jack-down")
         self._notify_stats()
 
     def jack_started(self) -> None:
         self._force(None)
-        self._send("jack")
+        self._send("jack-up")
 
     # -- stats ------------------------------------------------------------------------------------
     @property
@@ -169,6 +174,8 @@ class Bridge:
         if (self._forced_state and state in (names.RUNNING, names.SYNCING, names.STARTING)
                 and snap.get("heartbeat", 0.0) <= self._forced_since):
             state = self._forced_state
+        elif self._awaiting_ports and state in (names.RUNNING, names.SYNCING):
+            state = names.WAITING_FOR_JACK
         latency = int(round(max(snap.get("capture_latency", 0.0), snap.get("playback_latency", 0.0))))
         return {
             "state": state,

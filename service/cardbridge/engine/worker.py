@@ -24,7 +24,7 @@ import jack
 
 from .. import names
 from .alsaloop import AlsaBridge
-from .jackside import JackSide
+from .jackside import JackSide, ServerNews
 from .pcmio import DeviceError, DeviceGone, max_channels
 from .spec import BridgeSpec
 from .stats import StatsSlot
@@ -68,10 +68,16 @@ class Worker:
         self.jack_side: JackSide | None = None
         self.alsa: AlsaBridge | None = None
         self.device_rate: int | None = spec.rate
+        self.learnt_ppm = 0.0     # the card's drift, kept across ALSA thread and JACK restarts
+        # "jack-up" commands: a JACK server (re)started, so the one our client saw leave has
+        # exited and its client may be closed without waiting.
+        self.server_news = ServerNews()
 
     # -- commands ---------------------------------------------------------------------------
     def read_commands(self) -> None:
         for line in sys.stdin:
+            if line.strip() == "jack-up":
+                self.server_news.server_up()
             self.commands.put(line.strip())
         self.commands.put("stop")  # the supervisor went away
 
@@ -133,7 +139,7 @@ class Worker:
                 self.serve(side)
             finally:
                 self.stop_alsa()
-                side.close()
+                side.close(self.server_news)
                 self.jack_side = None
             if not self.stopping:
                 self.stats.set_state(names.WAITING_FOR_JACK)
@@ -142,10 +148,7 @@ class Worker:
 
     def serve(self, side: JackSide) -> None:
         """Run the ALSA thread until JACK leaves or we are told to stop."""
-        alsa = AlsaBridge(self.spec, side, self.stats, self.channels, self.device_rate,
-                          strict_rate=self.spec.rate is not None)
-        self.alsa = alsa
-        alsa.start()
+        alsa = self.start_alsa(side)
         reported = 0
         while not self.stopping and not side.events.shutdown.is_set():
             cmd = self.wait_command(0.25)
@@ -157,28 +160,31 @@ class Worker:
             elif cmd == "restart":
                 self.stop_alsa()
                 self.stats.add("restarts")
-                alsa = AlsaBridge(self.spec, side, self.stats, self.channels, self.device_rate,
-                                  strict_rate=self.spec.rate is not None)
-                alsa.learnt_ppm = self.alsa.learnt_ppm if self.alsa else 0.0
-                self.alsa = alsa
+                alsa = self.start_alsa(side)
                 reported = 0
-                alsa.start()
             elif (not alsa.thread.is_alive() and not self.stopping
                   and not side.events.shutdown.is_set()):
                 log("ALSA thread ended unexpectedly; restarting it")
                 self.stats.add("restarts")
-                learnt = alsa.learnt_ppm
-                alsa = AlsaBridge(self.spec, side, self.stats, self.channels, self.device_rate,
-                                  strict_rate=self.spec.rate is not None)
-                alsa.learnt_ppm = learnt
-                self.alsa = alsa
+                self.stop_alsa()
+                alsa = self.start_alsa(side)
                 reported = 0
-                alsa.start()
+
+    def start_alsa(self, side: JackSide) -> AlsaBridge:
+        """A new ALSA thread, starting from the drift learnt so far."""
+        alsa = AlsaBridge(self.spec, side, self.stats, self.channels, self.device_rate,
+                          strict_rate=self.spec.rate is not None)
+        alsa.learnt_ppm = self.learnt_ppm
+        self.alsa = alsa
+        alsa.start()
+        return alsa
 
     def stop_alsa(self) -> None:
-        if self.alsa is not None:
-            self.alsa.request_stop(2.0)
-            self.alsa = None
+        alsa, self.alsa = self.alsa, None
+        if alsa is not None:
+            alsa.request_stop(2.0)
+            if alsa.has_locked:
+                self.learnt_ppm = alsa.learnt_ppm
 
 
 def main(argv: list[str] | None = None) -> int:
