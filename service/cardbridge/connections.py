@@ -22,6 +22,7 @@ Persisted through the `load()`/`save(dict)` callbacks as
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 from dataclasses import dataclass
@@ -300,6 +301,10 @@ class ConnectionKeeper:
                 try:
                     client.connect(src, dst)
                     made += 1
+                except jack.JackErrorCode as exc:
+                    if exc.code != errno.EEXIST:   # else: made by a sync a moment ago
+                        failed += 1
+                        log.debug("cannot restore %s -> %s: %s", src, dst, exc)
                 except jack.JackError as exc:
                     failed += 1
                     log.debug("cannot restore %s -> %s: %s", src, dst, exc)
