@@ -346,6 +346,7 @@ class Manager:
         bridge.device_added()
         if bridge.spec.pcm != dev.pcm:
             bridge.spec.pcm = dev.pcm
+            bridge.spec.learnt_ppm = bridge.learnt_drift()   # same card, same clock
             await bridge.stop()
             await bridge.start()
 

@@ -526,7 +526,8 @@ class AlsaBridge:
             v[I_STATE] = STATE_CODES[names.RUNNING]
             self.has_locked = True
         s.end_rt()
-        self.learnt_ppm = drift
+        if trimmed and loop.locked:   # what a restart starts from: only a locked estimate
+            self.learnt_ppm = drift
 
 
 I_RATIO = INDEX["ratio"]

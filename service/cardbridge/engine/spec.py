@@ -21,6 +21,7 @@ class BridgeSpec:
     periods: int = 2
     quality: str = "medium"       # best|medium|fastest|linear
     jack_server: str | None = None
+    learnt_ppm: float = 0.0       # the card's drift learnt by an earlier worker: start from it
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

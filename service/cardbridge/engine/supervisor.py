@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -94,6 +95,7 @@ class Bridge:
         if self._stopping or proc is not self.proc:
             return
         self._process_restarts += 1
+        self.spec.learnt_ppm = self.learnt_drift()
         log.warning("bridge %s: worker exited with %s; restarting", self.spec.client_name, code)
         delay = min(RESTART_BACKOFF[0] * (2 ** min(self._process_restarts - 1, 4)), RESTART_BACKOFF[1])
         await asyncio.sleep(delay)
@@ -132,6 +134,14 @@ class Bridge:
                 proc.stdin.write(command.encode() + b"\n")
             except (BrokenPipeError, ConnectionResetError, RuntimeError):
                 pass
+
+    def learnt_drift(self) -> float:
+        """The card's clock offset the worker had measured (ppm), for a worker to start from."""
+        snap = self._slot.snapshot() if self._slot is not None else {}
+        drift = float(snap.get("drift_ppm", 0.0) or 0.0)
+        if snap.get("locked") and math.isfinite(drift) and abs(drift) < 2000.0:
+            return drift
+        return self.spec.learnt_ppm
 
     # -- hints ----------------------------------------------------------------------------------
     def _force(self, state: str | None) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import math
 import os
 import queue
 import resource
@@ -68,7 +69,8 @@ class Worker:
         self.jack_side: JackSide | None = None
         self.alsa: AlsaBridge | None = None
         self.device_rate: int | None = spec.rate
-        self.learnt_ppm = 0.0     # the card's drift, kept across ALSA thread and JACK restarts
+        # the card's drift, kept across ALSA thread, JACK and worker restarts
+        self.learnt_ppm = spec.learnt_ppm if math.isfinite(spec.learnt_ppm) else 0.0
         # "jack-up" commands: a JACK server (re)started, so the one our client saw leave has
         # exited and its client may be closed without waiting.
         self.server_news = ServerNews()
