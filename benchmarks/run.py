@@ -1,22 +1,24 @@
 """Benchmark cardbridge against zita-a2j/zita-j2a and alsa_in/alsa_out, side by side, in one run.
 
-Runs as its own process (`make bench`, or `.venv/bin/python benchmarks/run.py [--quick]`). For each
-card (virtual cards with their own clocks) and each bridge, under identical conditions: a private
-JACK dummy server, a fresh card with the same clock offset, the bridge started for both
-directions, and two measuring JACK clients — one sends a click every second into the bridge's
-playback port, the other records the bridge's capture port. The click goes JACK → bridge →
-card playback → card loop → card capture → bridge → JACK, so every click gives the round-trip
-delay through both directions of the bridge, to a fraction of a frame. From that series:
+Runs as its own process (`make bench`, or `.venv/bin/python benchmarks/run.py [--quick]`). Every
+bridge gets identical conditions: a private JACK dummy server, fresh virtual cards with the
+same clock offsets (one with wander, one at 44.1 kHz), the same ALSA period. Scenarios
+(benchmarks/scenarios.py):
 
-* lock time: when the 10 s ratio error (the delay's drift over 10 s) enters ±10 ppm and ±2 ppm
-  for good;
-* steady ratio error (median, p95 of |error| over the second half) and delay stability (p-p and
-  MAD over the second half);
-* round-trip latency measured vs the latencies the bridge reports to JACK;
-* CPU % and private resident memory of the bridge's processes, JACK xruns during the run.
+* loop: a click every second through both directions and the card's loop: lock time (10 s
+  windows of the round-trip delay's drift entering ±10 and ±2 ppm for good), steady ratio
+  error (median, p95), delay stability (p-p, MAD), measured vs reported round-trip latency,
+  CPU %, private memory, JACK xruns; 3 runs per card by default;
+* tone: THD+N of a 997 Hz sine through the same path;
+* stalls: 20 pauses of 100 ms (SIGSTOP/SIGCONT of the bridge's processes): time to a steady
+  delay again, and how often that never happens;
+* many: 4 duplex bridges of one kind on one server: JACK xruns, CPU, survivors;
+* scale (optional, --scale): 2, 4, 6, 8 bridges at 256 and 128 frames;
+* cardbridge only (the peers have neither): D-Bus call latency under a 200 calls/s flood
+  (benchmarks/control_plane.py) and hotplug latency (benchmarks/hotplug_latency.py).
 
-Results: benchmarks/results/<time>/results.json, a Markdown table (medians over the runs, ratios
-against each peer) and PNG plots of the delay over time per bridge, overlaid per card.
+Results: benchmarks/results/<time>/results.json, results.md (medians [min–max], ratios against
+each peer) and PNG plots of delay and ratio error over time per card.
 """
 
 from __future__ import annotations
@@ -27,12 +29,9 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,205 +39,16 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "service"))
 
-from cardbridge.engine.spec import BridgeSpec  # noqa: E402
-from cardbridge.engine.stats import StatsSlot  # noqa: E402
-from cardbridge.sandbox.jackserver import JackServer  # noqa: E402
-from cardbridge.sandbox.vcard import VirtualCard, write_alsa_config  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cardbridge.sandbox.vcard import VirtualCard  # noqa: E402
+
+import scenarios  # noqa: E402
+from bridges import KINDS  # noqa: E402
 
 RATE = 48000
 PERIOD = 256
-BRIDGES = tuple(os.environ.get("BENCH_BRIDGES", "cardbridge,zita,alsa_in").split(","))
-
-
-# -- bridges under test ---------------------------------------------------------------------------
-
-def start_bridge(kind: str, card: str, server: str, env: dict, work: Path) -> tuple[list, str, str]:
-    """Start one duplex bridge; returns (processes, playback port, capture port)."""
-    env = dict(env, JACK_DEFAULT_SERVER=server, JACK_NO_START_SERVER="1")
-    out = open(work / f"{kind}.log", "w")
-    out2 = open(work / f"{kind}-playback.log", "w")
-    if kind == "cardbridge":
-        slot = StatsSlot(str(work / "stats"), create=True)
-        spec = BridgeSpec(device_id=card, pcm=card, client_name="cb", jack_server=server,
-                          period=PERIOD, periods=2, quality="medium")
-        proc = subprocess.Popen([sys.executable, "-m", "cardbridge.engine.worker", "--spec",
-                                 spec.to_json(), "--stats", slot.path], env=env,
-                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=out)
-        return [proc], "cb:playback_1", "cb:capture_1"
-    if kind == "zita":
-        common = ["-d", card, "-r", str(RATE), "-p", str(PERIOD), "-n", "2", "-c", "2"]
-        a2j = subprocess.Popen(["zita-a2j", "-j", "zin", *common], env=env, stdout=out, stderr=out)
-        j2a = subprocess.Popen(["zita-j2a", "-j", "zout", *common], env=env, stdout=out2, stderr=out2)
-        return [a2j, j2a], "zout:playback_1", "zin:capture_1"
-    common = ["-d", card, "-r", str(RATE), "-p", str(PERIOD), "-n", "2", "-c", "2"]
-    ain = subprocess.Popen(["alsa_in", "-j", "ain", *common], env=env, stdout=out, stderr=out)
-    aout = subprocess.Popen(["alsa_out", "-j", "aout", *common], env=env, stdout=out2, stderr=out2)
-    return [ain, aout], "aout:playback_1", "ain:capture_1"
-
-
-def stop_all(procs: list) -> None:
-    for p in procs:
-        if p.poll() is None:
-            if p.stdin is not None:
-                try:
-                    p.stdin.write(b"stop\n")
-                    p.stdin.flush()
-                except (BrokenPipeError, OSError):
-                    pass
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError):
-        return 0.0
-
-
-def rss_mb(pid: int) -> float:
-    """Private resident memory (RssAnon): VmRSS would count JACK's shared segments, which every
-    JACK client maps and which are not the client's own cost."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def jack_ports(server: str) -> str:
-    return subprocess.run(["jack_lsp", "-s", server], capture_output=True, text=True, timeout=10).stdout
-
-
-def reported_latency(server: str, pb_port: str, cap_port: str) -> int:
-    def value(port, kind):
-        out = subprocess.run(["jack_lsp", "-s", server, "-l", port], capture_output=True, text=True,
-                             timeout=10).stdout
-        for line in out.splitlines():
-            if line.strip().startswith(f"port {kind} latency"):
-                return int(line.split("[")[1].split()[1])
-        return 0
-    return value(cap_port, "capture") + value(pb_port, "playback")
-
-
-# -- analysis ---------------------------------------------------------------------------------------
-
-def click_delays(send: dict, recv: dict, rate: int) -> tuple[np.ndarray, np.ndarray]:
-    """(time of each click in s since the start, delay in frames) with sub-frame peak fitting."""
-    sig, rec = send["signal"], recv["recorded"]
-    offset = int(recv["first_frame"]) - int(send["first_frame"])   # recv index 0 = send index offset
-    starts = np.nonzero((sig[1:] > 0) & (sig[:-1] == 0))[0] + 1
-    times, delays = [], []
-    last = None
-    for s in starts:
-        lo = (s - offset) + (last - 4000 if last is not None else 0)
-        lo = max(lo, 0)
-        hi = min((s - offset) + (last + 4000 if last is not None else 20000), len(rec) - 3)
-        if hi - lo < 10:
-            continue
-        seg = np.abs(rec[lo:hi])
-        k = int(np.argmax(seg))
-        if seg[k] < 0.05:
-            continue
-        i = lo + k
-        if 0 < i < len(rec) - 1:
-            a, b, c = abs(rec[i - 1]), abs(rec[i]), abs(rec[i + 1])
-            denom = a - 2 * b + c
-            frac = 0.5 * (a - c) / denom if denom else 0.0
-        else:
-            frac = 0.0
-        delay = (i + frac) + offset - s - 2.0   # the click peaks at its 3rd sample
-        times.append(s / rate)
-        delays.append(delay)
-        last = int(round(delay))
-    return np.array(times), np.array(delays)
-
-
-def analyse(times: np.ndarray, delays: np.ndarray, rate: int) -> dict:
-    if len(delays) < 25:
-        return {"clicks": int(len(delays))}
-    window = 10
-    err = (delays[window:] - delays[:-window]) / (window * rate) * 1e6   # ppm, 10 s windows
-    t_err = times[window:]
-
-    def lock_time(limit):
-        bad = np.nonzero(np.abs(err) > limit)[0]
-        if len(bad) == 0:
-            return float(t_err[0])
-        if bad[-1] == len(err) - 1:
-            return None
-        return float(t_err[bad[-1] + 1])
-
-    half = len(delays) // 2
-    tail = delays[half:]
-    tail_err = np.abs(err[len(err) // 2:])
-    return {
-        "clicks": int(len(delays)),
-        "lock_10ppm_s": lock_time(10.0),
-        "lock_2ppm_s": lock_time(2.0),
-        "ratio_err_median_ppm": float(np.median(tail_err)),
-        "ratio_err_p95_ppm": float(np.percentile(tail_err, 95)),
-        "delay_pp_frames": float(tail.max() - tail.min()),
-        "delay_mad_frames": float(np.median(np.abs(tail - np.median(tail)))),
-        "round_trip_frames": float(np.median(tail)),
-    }
-
-
-# -- one measurement --------------------------------------------------------------------------------
-
-def run_one(kind: str, card: VirtualCard, seconds: float, work: Path) -> dict:
-    work.mkdir(parents=True, exist_ok=True)
-    jack = JackServer(rate=RATE, period=PERIOD, log_path=work / "jackd.log")
-    jack.start()
-    procs = []
-    try:
-        env = dict(os.environ, ALSA_CONFIG_PATH=write_alsa_config([card], work / "asound.conf"))
-        procs, pb_port, cap_port = start_bridge(kind, card.name, jack.name, env, work)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not (pb_port in jack_ports(jack.name)
-                                                   and cap_port in jack_ports(jack.name)):
-            time.sleep(0.05)
-        cpu0 = sum(cpu_seconds(p.pid) for p in procs)
-        t0 = time.monotonic()
-        probes = []
-        for role, args in (("send", ["--play", pb_port, "--signal", "impulse"]),
-                           ("recv", ["--record", cap_port, "--signal", "silence"])):
-            probes.append(subprocess.Popen(
-                [sys.executable, "-m", "cardbridge.sandbox.probe", "--server", jack.name,
-                 "--name", f"bench_{role}", "--seconds", str(seconds), "--level", "-3",
-                 "--out", str(work / f"{role}.npz"), *args], env=env))
-        rss = 0.0
-        while any(p.poll() is None for p in probes):
-            rss = max(rss, sum(rss_mb(p.pid) for p in procs))
-            time.sleep(0.5)
-        wall = time.monotonic() - t0
-        cpu = (sum(cpu_seconds(p.pid) for p in procs) - cpu0) / wall * 100
-        reported = reported_latency(jack.name, pb_port, cap_port)
-        alive = all(p.poll() is None for p in procs)
-    finally:
-        stop_all(procs)
-        jack.stop()
-    base = {"bridge": kind, "card": card.name, "ppm": card.ppm, "wander_ppm": card.wander_ppm}
-    if not (work / "send.npz").exists() or not (work / "recv.npz").exists():
-        return {**base, "failed": "the measuring clients could not connect to the bridge's ports "
-                                  "(the bridge was gone)", "delays": [], "times": [],
-                "cpu_percent": cpu, "rss_mb": rss, "jack_xruns": 0, "bridge_alive_at_end": alive}
-    send, recv = np.load(work / "send.npz"), np.load(work / "recv.npz")
-    times, delays = click_delays(send, recv, RATE)
-    result = analyse(times, delays, RATE)
-    result.update({"bridge": kind, "card": card.name, "ppm": card.ppm, "wander_ppm": card.wander_ppm,
-                   "cpu_percent": cpu, "rss_mb": rss, "reported_latency_frames": reported,
-                   "jack_xruns": int(recv["xruns"]), "bridge_alive_at_end": alive,
-                   "delays": delays.tolist(), "times": times.tolist()})
-    return result
+BRIDGES = tuple(os.environ.get("BENCH_BRIDGES", ",".join(KINDS)).split(","))
 
 
 # -- report -------------------------------------------------------------------------------------------
@@ -263,17 +73,19 @@ def fmt(entry) -> str:
     return text + (f" ({missing}× never)" if missing else "")
 
 
-def report(results: list[dict], out: Path, meta: dict) -> str:
+def loop_report(results: list[dict], meta: dict) -> list[str]:
     lines = [f"Machine: {meta['machine']}; {meta['runs']} run(s) per bridge and card, "
              f"{meta['seconds']:.0f} s each; JACK dummy {RATE} Hz / {PERIOD}, ALSA period {PERIOD} × 2. "
              "Values: median [min–max]. Lock times from the click series (10 s windows of the "
-             "round-trip delay's drift); round trip includes both directions of each bridge.", ""]
+             "round-trip delay's drift, so 10.5 s is the earliest measurable); round trip "
+             "includes both directions of each bridge.", ""]
     cards = sorted({r["card"] for r in results})
     for card in cards:
         rows = {k: [r for r in results if r["card"] == card and r["bridge"] == k] for k in BRIDGES}
         first = next(r for r in results if r["card"] == card)
         lines.append(f"### {card} ({first['ppm']:+.0f} ppm"
-                     f"{', %.0f ppm wander' % first['wander_ppm'] if first['wander_ppm'] else ''})")
+                     f"{', %.0f ppm wander' % first['wander_ppm'] if first['wander_ppm'] else ''}"
+                     f"{', %d Hz' % first['rate'] if first.get('rate', RATE) != RATE else ''})")
         failures = [f"{r['bridge']} (run {r['run'] + 1}): {r['failed']}" for r in results
                     if r["card"] == card and r.get("failed")]
         if failures:
@@ -290,6 +102,69 @@ def report(results: list[dict], out: Path, meta: dict) -> str:
             lines.append(f"| {key} | " + " | ".join(fmt(stats[k]) for k in BRIDGES) + " | "
                          + " | ".join(ratios) + " |")
         lines.append("")
+    return lines
+
+
+def ratio_cells(values: dict) -> list[str]:
+    cells = []
+    for peer in ("zita", "alsa_in"):
+        a, b = values.get("cardbridge"), values.get(peer)
+        cells.append(f"{a / b:.2f}" if isinstance(a, (int, float)) and isinstance(b, (int, float))
+                     and b else "–")
+    return cells
+
+
+def kind_table(title: str, note: str, rows: list[dict], keys: tuple) -> list[str]:
+    """One row per metric, one column per bridge kind (median over its rows), and ratios."""
+    lines = [f"### {title}", "", note, "",
+             "| metric | " + " | ".join(BRIDGES) + " | cardbridge / zita | cardbridge / alsa_in |",
+             "|---|" + "---|" * (len(BRIDGES) + 2)]
+    for key in keys:
+        stats = {k: med([r.get(key) for r in rows if r["bridge"] == k]) for k in BRIDGES}
+        lines.append(f"| {key} | " + " | ".join(fmt(stats[k]) for k in BRIDGES) + " | "
+                     + " | ".join(ratio_cells({k: v[0] if v else None for k, v in stats.items()}))
+                     + " |")
+    failed = [f"{r['bridge']}: {r['failed']}" for r in rows if r.get("failed")]
+    return lines + ([""] + ["Failed: " + "; ".join(failed)] if failed else []) + [""]
+
+
+def report(data: dict, out: Path) -> str:
+    meta = data["meta"]
+    lines = loop_report(data["results"], meta)
+    if data.get("tone"):
+        lines += kind_table("Tone: THD+N of a 997 Hz sine, −6 dBFS, through the loop",
+                            "4096-frame windows after 18 s, four-parameter sine fit per window.",
+                            data["tone"], ("thd_n_median_db", "thd_n_worst_db"))
+    if data.get("stalls"):
+        s = data["stalls"][0]
+        lines += kind_table(f"Stalls: {s['stalls']} × {s['stall_ms']:.0f} ms SIGSTOP of the bridge",
+                            "Re-locked: three consecutive clicks (1 s apart) within one frame; "
+                            "never: not before the next stall, 8 s later.",
+                            data["stalls"], ("relock_median_s", "relock_max_s", "never",
+                                             "delay_jump_median_frames"))
+    for block in data.get("many", []):
+        lines += kind_table(f"{block['count']} duplex bridges on one server, period "
+                            f"{block['period']}, {block['seconds']:.0f} s",
+                            "JACK xruns seen by a measuring client; CPU of all bridge processes.",
+                            block["rows"], ("jack_xruns", "alive", "cpu_percent"))
+    if data.get("scale"):
+        lines += ["### Scale", "", "| bridges | period | " + " | ".join(
+            f"{k} xruns" for k in BRIDGES) + " |", "|---|---|" + "---|" * len(BRIDGES)]
+        for (count, period) in sorted({(r["count"], r["period"]) for r in data["scale"]}):
+            cells = []
+            for k in BRIDGES:
+                r = [x for x in data["scale"] if (x["count"], x["period"], x["bridge"])
+                     == (count, period, k)]
+                cells.append(f"{r[0]['jack_xruns']} ({r[0]['alive']} alive)" if r else "–")
+            lines.append(f"| {count} | {period} | " + " | ".join(cells) + " |")
+        lines.append("")
+    for key, title in (("control_plane", "Control plane (cardbridge only)"),
+                       ("hotplug", "Hotplug (cardbridge only)")):
+        if data.get(key):
+            lines += [f"### {title}", "", "| figure | value |", "|---|---|"]
+            lines += [f"| {k} | {v:.3g} |" if isinstance(v, float) else f"| {k} | {v} |"
+                      for k, v in data[key].items()]
+            lines.append("")
     text = "\n".join(lines)
     (out / "results.md").write_text(text + "\n")
     return text
@@ -330,23 +205,44 @@ def plots(results: list[dict], out: Path) -> None:
         plt.close(fig)
 
 
+def cardbridge_only(name: str, **kwargs) -> dict | None:
+    """Figures from benchmarks/<name>.py (measure(**kwargs)), or None when it fails."""
+    try:
+        module = __import__(name)
+        return module.measure(**kwargs)
+    except Exception as exc:  # a side figure must not sink the whole run
+        print(f"   {name} failed: {exc}", flush=True)
+        return {"failed": str(exc)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="one card, one run, 40 s per bridge")
+    p.add_argument("--quick", action="store_true",
+                   help="one card, one run, 40 s, 5 stalls, 60 s with 4 bridges")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--seconds", type=float, default=90.0)
+    p.add_argument("--stalls", type=int, default=20)
+    p.add_argument("--many-seconds", type=float, default=600.0,
+                   help="how long 4 bridges of each kind run side by side")
+    p.add_argument("--scale", type=float, default=0.0, metavar="SECONDS",
+                   help="also run 2/4/6/8 bridges at 256 and 128 frames for SECONDS each")
+    p.add_argument("--only", default="loop,tone,stalls,many,control,hotplug",
+                   help="comma-separated scenarios to run")
     p.add_argument("--out", default=None)
     p.add_argument("--replot", metavar="DIR", help="redraw the table and plots of a results.json")
     args = p.parse_args(argv)
     if args.replot:
         data = json.loads((Path(args.replot) / "results.json").read_text())
-        print(report(data["results"], Path(args.replot), data["meta"]))
+        print(report(data, Path(args.replot)))
         plots(data["results"], Path(args.replot))
         return 0
     cards = [VirtualCard("bench_fast", ppm=143.0),
-             VirtualCard("bench_slow_wander", ppm=-500.0, wander_ppm=20.0, wander_period=45.0)]
+             VirtualCard("bench_slow_wander", ppm=-500.0, wander_ppm=20.0, wander_period=45.0),
+             VirtualCard("bench_44k1", ppm=60.0, rate=44100)]
+    only = set(args.only.split(","))
     if args.quick:
-        cards, args.runs, args.seconds = cards[:1], 1, 40.0
+        cards, args.runs, args.seconds, args.stalls, args.many_seconds = (
+            cards[:1], 1, 40.0, 5, 60.0)
     for tool in ("zita-a2j", "zita-j2a", "alsa_in", "alsa_out"):
         if shutil.which(tool) is None:
             print(f"missing peer {tool}: run 'make setup'", file=sys.stderr)
@@ -355,23 +251,64 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / stamp
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="cardbridge-bench-"))
-    results = []
-    for run in range(args.runs):
-        for card in cards:
-            for kind in BRIDGES:
-                print(f"run {run + 1}/{args.runs} · {card.name} · {kind} …", flush=True)
-                r = run_one(kind, VirtualCard(**{**card.__dict__, "shm": ""}), args.seconds,
-                            work / f"{run}-{card.name}-{kind}")
-                r["run"] = run
-                results.append(r)
-                print(f"   lock 2 ppm: {r.get('lock_2ppm_s')} s, p95 {r.get('ratio_err_p95_ppm')}, "
-                      f"cpu {r['cpu_percent']:.1f} %, xruns {r['jack_xruns']}", flush=True)
     meta = {"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
                        f"{platform.platform()}", "runs": args.runs, "seconds": args.seconds,
-            "command": "make bench" + (" (--quick)" if args.quick else "")}
-    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    print(report(results, out, meta))
-    plots(results, out)
+            "command": "make bench" + (" (--quick)" if args.quick else ""),
+            "argv": sys.argv[1:]}
+    data = {"meta": meta, "results": [], "tone": [], "stalls": [], "many": [], "scale": []}
+
+    def save():
+        (out / "results.json").write_text(json.dumps(data, indent=1))
+
+    for run in range(args.runs if "loop" in only else 0):
+        for card in cards:
+            for kind in BRIDGES:
+                print(f"loop: run {run + 1}/{args.runs} · {card.name} · {kind} …", flush=True)
+                r = scenarios.measure_loop(kind, card, args.seconds,
+                                           work / f"loop{run}-{card.name}-{kind}")
+                r["run"] = run
+                data["results"].append(r)
+                print(f"   lock 2 ppm: {r.get('lock_2ppm_s')} s, p95 {r.get('ratio_err_p95_ppm')}, "
+                      f"cpu {r['cpu_percent']:.1f} %, xruns {r['jack_xruns']}", flush=True)
+                save()
+    for kind in BRIDGES if "tone" in only else ():
+        print(f"tone: {kind} …", flush=True)
+        data["tone"].append(scenarios.measure_tone(kind, cards[0], work / f"tone-{kind}"))
+        print(f"   {data['tone'][-1]}", flush=True)
+        save()
+    for kind in BRIDGES if "stalls" in only else ():
+        print(f"stalls: {kind} ×{args.stalls} …", flush=True)
+        r = scenarios.measure_stalls(kind, cards[0], work / f"stalls-{kind}", stalls=args.stalls)
+        data["stalls"].append(r)
+        print(f"   re-lock median {r.get('relock_median_s')} s, max {r.get('relock_max_s')}, "
+              f"never {r.get('never')}", flush=True)
+        save()
+    if "many" in only:
+        block = {"count": 4, "period": PERIOD, "seconds": args.many_seconds, "rows": []}
+        for kind in BRIDGES:
+            print(f"many: 4 × {kind}, {args.many_seconds:.0f} s …", flush=True)
+            block["rows"].append(scenarios.measure_many(kind, 4, args.many_seconds,
+                                                        work / f"many-{kind}"))
+            print(f"   {block['rows'][-1]}", flush=True)
+            save()
+        data["many"].append(block)
+    if args.scale:
+        for period in (256, 128):
+            for count in (2, 4, 6, 8):
+                for kind in BRIDGES:
+                    print(f"scale: {count} × {kind} at {period} …", flush=True)
+                    data["scale"].append(scenarios.measure_many(
+                        kind, count, args.scale, work / f"scale-{count}-{period}-{kind}", period))
+                    save()
+    if "control" in only:
+        print("control plane …", flush=True)
+        data["control_plane"] = cardbridge_only("control_plane")
+    if "hotplug" in only:
+        print("hotplug …", flush=True)
+        data["hotplug"] = cardbridge_only("hotplug_latency")
+    save()
+    print(report(data, out))
+    plots(data["results"], out)
     print(f"\nresults in {out}")
     return 0
 

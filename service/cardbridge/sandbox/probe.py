@@ -53,23 +53,24 @@ def run(args) -> int:
 
     @client.set_process_callback
     def process(frames):
+        # Positions follow JACK's frame clock, not a count of callbacks: a cycle the server
+        # skipped (a stalled client, an xrun) leaves a gap instead of shifting everything after.
+        now = client.last_frame_time
+        if pos["first_frame"] < 0:
+            pos["first_frame"] = now
+        p = (now - pos["first_frame"]) & 0xFFFFFFFF
         if outport is not None:
             buf = outport.get_array()
-            p = pos["play"]
-            if p == 0:
-                pos["first_frame"] = client.last_frame_time
             k = min(frames, total - p) if p < total else 0
             buf[:k] = signal[p:p + k]
             buf[k:] = 0.0
             pos["play"] = p + frames
-        if inport is not None:
-            r = pos["rec"]
-            if r < total:
-                if r == 0 and outport is None:
-                    pos["first_frame"] = client.last_frame_time
-                k = min(frames, total - r)
-                recorded[r:r + k] = inport.get_array()[:k]
-                pos["rec"] = r + frames
+        if inport is not None and p < total:
+            k = min(frames, total - p)
+            recorded[p:p + k] = inport.get_array()[:k]
+            pos["rec"] = p + frames
+        elif inport is not None:
+            pos["rec"] = p + frames
         if (outport is None or pos["play"] >= total) and (inport is None or pos["rec"] >= total):
             done.set()
 

@@ -1,0 +1,205 @@
+"""Hotplug latency of cardbridged: udev event → JACK ports, unplug → waiting, replug → running.
+
+Runs as its own process (`.venv/bin/python benchmarks/hotplug_latency.py [--repeats N]`, as
+root: it needs a network namespace; prints JSON), or `measure()` is called from the benchmark
+process (benchmarks/run.py). Real libudev-format netlink events (cardbridge.sandbox.udevinject)
+are sent inside a private network namespace where the daemon runs (nsenter); jackd (dummy,
+48 kHz / 256) and the private session bus run outside it, reachable through socket files.
+Card 3 is a Scarlett 2i2 as udev describes it; ALSA's `hw:CARD=3` opens a virtual card whose
+clock file is card3.vcard, so unplugging is: the PCM vanishes, then udev says so.
+
+Measured: first plug → the bridge's capture_1 port in `jack_lsp`; then `repeats` times:
+unplug → State "waiting-for-device", replug → the user's connection (system:capture_1 →
+<client>:playback_1) present again, and → State "running". The bridge keeps its JACK ports
+while the card is away, so the connection may never go (`connection_kept_while_away` counts the
+repeats where it was still there); then its time is just that of the first poll. Polls every
+10 ms; each poll runs jack_lsp or busctl, whose own run time (a few ms) bounds the resolution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "service"))
+
+from cardbridge import names  # noqa: E402
+from cardbridge.devices import device_from_udev  # noqa: E402
+from cardbridge.sandbox.busdaemon import PrivateBus  # noqa: E402
+from cardbridge.sandbox.jackserver import JackServer  # noqa: E402
+from cardbridge.sandbox.udevinject import CARDS, NetNamespace, UdevInjector  # noqa: E402
+from cardbridge.sandbox.vcard import VirtualCard, create_card, plugin_path  # noqa: E402
+
+BUS = "org.cardbridge.CardBridge1"
+MGR = "/org/cardbridge/CardBridge1"
+MIFACE = "org.cardbridge.CardBridge1.Manager"
+BIFACE = "org.cardbridge.CardBridge1.Bridge"
+CARD = 3
+POLL = 0.01
+
+
+def wait_for(fn, timeout: float, what: str, interval: float = POLL) -> float:
+    """Poll `fn` until it is true; returns the monotonic time it became true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if fn():
+            return time.monotonic()
+        time.sleep(interval)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def get_prop(address: str, path: str, name: str, iface: str = BIFACE):
+    out = subprocess.run(["busctl", f"--address={address}", "--json=short", "get-property", BUS,
+                          path, iface, name], capture_output=True, text=True, timeout=20)
+    return json.loads(out.stdout)["data"] if out.returncode == 0 else None
+
+
+def jack_ports(server: str) -> list[str]:
+    return subprocess.run(["jack_lsp", "-s", server], capture_output=True, text=True,
+                          timeout=10).stdout.split("\n")
+
+
+def connected(server: str, port: str, peer: str) -> bool:
+    out = subprocess.run(["jack_lsp", "-s", server, "-c", port], capture_output=True, text=True,
+                         timeout=10).stdout.splitlines()
+    return any(line.strip() == peer for line in out[1:] if line.startswith((" ", "\t")))
+
+
+def hw_override(directory: Path) -> str:
+    """An ALSA config where hw:CARD=N opens the virtual card whose clock file is cardN.vcard."""
+    conf = directory / "asound.conf"
+    conf.write_text(f'''pcm_type.cbvcard {{ lib "{plugin_path()}" }}
+pcm.!hw {{
+    @args [ CARD DEV SUBDEV ]
+    @args.CARD {{ type string }}
+    @args.DEV {{ type integer default 0 }}
+    @args.SUBDEV {{ type integer default -1 }}
+    type cbvcard
+    shm {{ @func concat strings [ "{directory}/card" $CARD ".vcard" ] }}
+}}
+''')
+    return f"/usr/share/alsa/alsa.conf:{conf}"
+
+
+@contextlib.contextmanager
+def daemon(work: Path, env: dict, jack_server: str, popen, config: str):
+    """cardbridged (started by `popen`, here inside the namespace), stopped with SIGTERM."""
+    (work / "config.toml").write_text(config)
+    log = open(work / "daemon.log", "w")
+    proc = popen([sys.executable, "-m", "cardbridge.daemon", "--session", "--config",
+                  str(work / "config.toml"), "--state-dir", str(work / "state"),
+                  "--jack-server", jack_server], env=dict(env, PYTHONFAULTHANDLER="1"),
+                 stdout=log, stderr=subprocess.STDOUT)
+    address = env["DBUS_SESSION_BUS_ADDRESS"]
+    try:
+        wait_for(lambda: proc.poll() is None and get_prop(address, MGR, "Version", MIFACE)
+                 is not None, 30, "the service", 0.05)
+        yield address
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        text = (work / "daemon.log").read_text(errors="replace")
+        if "Traceback" in text:
+            print(f"hotplug_latency: the daemon logged a traceback:\n{text[-3000:]}",
+                  file=sys.stderr)
+
+
+def measure(repeats: int = 10) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="cardbridge-bench-hotplug-"))
+    model = CARDS["scarlett-2i2"]
+    netns = NetNamespace()
+    injector = None
+    server = JackServer(rate=48000, period=256, log_path=work / "jackd.log")
+    bus = PrivateBus("session")
+    clock = create_card(VirtualCard(f"card{CARD}", shm=str(work / f"card{CARD}.vcard"), ppm=75.0))
+    to_waiting, to_connection, to_running, kept = [], [], [], 0
+    try:
+        netns.start()
+        injector = UdevInjector(netns)
+        server.start()
+        bus.start()
+        env = bus.env(server.env(), ALSA_CONFIG_PATH=hw_override(work), HOME=str(work))
+        with daemon(work, env, server.name, netns.popen, 'auto_attach = "usb"\n') as address:
+            state = lambda: get_prop(address, path, "State")  # noqa: E731
+            t0 = time.monotonic()
+            sent = injector.plug(model, CARD)
+            dev = device_from_udev(sent[-1])
+            path = names.bridge_path(dev.id)
+            first = wait_for(lambda: any(p.endswith(":capture_1") and not p.startswith("system:")
+                                         for p in jack_ports(server.name)), 60,
+                             "the bridge's ports") - t0
+            wait_for(lambda: state() == "running", 60, "the bridge to run")
+            client = get_prop(address, path, "ClientName")
+            playback = f"{client}:playback_1"
+            subprocess.run(["jack_connect", "-s", server.name, "system:capture_1", playback],
+                           check=True, timeout=10)
+            time.sleep(1.5)      # the service records the connection
+            for i in range(repeats):
+                clock.unplug()
+                t0 = time.monotonic()
+                injector.unplug(model, CARD)
+                to_waiting.append(wait_for(lambda: state() == "waiting-for-device", 30,
+                                           f"waiting-for-device ({i})") - t0)
+                kept += connected(server.name, playback, "system:capture_1")
+                clock.replug()
+                t0 = time.monotonic()
+                injector.plug(model, CARD)
+                seen: dict[str, float] = {}
+                deadline = t0 + 60
+                while len(seen) < 2 and time.monotonic() < deadline:
+                    if "conn" not in seen and connected(server.name, playback,
+                                                        "system:capture_1"):
+                        seen["conn"] = time.monotonic() - t0
+                    if "run" not in seen and state() == "running":
+                        seen["run"] = time.monotonic() - t0
+                    time.sleep(POLL)
+                if len(seen) < 2:
+                    raise TimeoutError(f"replug {i}: only {sorted(seen)} within 60 s")
+                to_connection.append(seen["conn"])
+                to_running.append(seen["run"])
+                time.sleep(1.0)    # let it stream a moment before the next unplug
+            same_name = get_prop(address, path, "ClientName") == client
+    finally:
+        server.stop()
+        bus.stop()
+        if injector is not None:
+            injector.close()
+        netns.stop()
+        clock.close()
+        shutil.rmtree(work, ignore_errors=True)
+    ms = [t * 1000.0 for t in to_waiting]
+    return {"first_plug_to_ports_s": round(first, 3),
+            "unplug_to_waiting_ms_median": round(statistics.median(ms), 1),
+            "unplug_to_waiting_ms_max": round(max(ms), 1),
+            "replug_to_connection_s_median": round(statistics.median(to_connection), 3),
+            "replug_to_connection_s_max": round(max(to_connection), 3),
+            "replug_to_running_s_median": round(statistics.median(to_running), 3),
+            "replug_to_running_s_max": round(max(to_running), 3),
+            "connection_kept_while_away": kept, "same_client_name": same_name,
+            "repeats": repeats}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=10)
+    args = p.parse_args(argv)
+    print(json.dumps(measure(args.repeats), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
