@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import shutil
 import subprocess
@@ -30,56 +29,11 @@ sys.path.insert(0, str(REPO / "service"))
 from cardbridge import names  # noqa: E402
 from cardbridge.sandbox.busdaemon import PrivateBus  # noqa: E402
 from cardbridge.sandbox.jackserver import JackServer  # noqa: E402
+from cardbridge.sandbox.servicerun import (BIFACE, BUS, MGR, MIFACE, daemon,  # noqa: E402
+                                            get_prop, wait_for)
 from cardbridge.sandbox.vcard import VirtualCard, create_card, write_alsa_config  # noqa: E402
 
-BUS = "org.cardbridge.CardBridge1"
-MGR = "/org/cardbridge/CardBridge1"
-MIFACE = "org.cardbridge.CardBridge1.Manager"
-BIFACE = "org.cardbridge.CardBridge1.Bridge"
 PROPS = "org.freedesktop.DBus.Properties"
-
-
-def wait_for(fn, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not fn():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def get_prop(address: str, path: str, name: str, iface: str = BIFACE):
-    out = subprocess.run(["busctl", f"--address={address}", "--json=short", "get-property", BUS,
-                          path, iface, name], capture_output=True, text=True, timeout=20)
-    return json.loads(out.stdout)["data"] if out.returncode == 0 else None
-
-
-@contextlib.contextmanager
-def daemon(work: Path, env: dict, jack_server: str, *extra: str, config: str):
-    """cardbridged on the session bus of `env`, stopped with SIGTERM (SIGKILL after 10 s)."""
-    (work / "config.toml").write_text(config)
-    log = open(work / "daemon.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "cardbridge.daemon", "--session", "--config",
-                             str(work / "config.toml"), "--state-dir", str(work / "state"),
-                             "--jack-server", jack_server, *extra],
-                            env=dict(env, PYTHONFAULTHANDLER="1"), stdout=log,
-                            stderr=subprocess.STDOUT)
-    address = env["DBUS_SESSION_BUS_ADDRESS"]
-    try:
-        wait_for(lambda: proc.poll() is None and get_prop(address, MGR, "Version", MIFACE)
-                 is not None, 30, "the service")
-        yield address
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        text = (work / "daemon.log").read_text(errors="replace")
-        if "Traceback" in text:
-            print(f"control_plane: the daemon logged a traceback:\n{text[-3000:]}",
-                  file=sys.stderr)
 
 
 def percentile(values: list[float], q: float) -> float | None:

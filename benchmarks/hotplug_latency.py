@@ -19,7 +19,6 @@ repeats where it was still there); then its time is just that of the first poll.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import shutil
 import statistics
@@ -37,30 +36,17 @@ from cardbridge.devices import device_from_udev  # noqa: E402
 from cardbridge.sandbox.busdaemon import PrivateBus  # noqa: E402
 from cardbridge.sandbox.jackserver import JackServer  # noqa: E402
 from cardbridge.sandbox.udevinject import CARDS, NetNamespace, UdevInjector  # noqa: E402
-from cardbridge.sandbox.vcard import VirtualCard, create_card, plugin_path  # noqa: E402
+from cardbridge.sandbox.servicerun import daemon, get_prop  # noqa: E402
+from cardbridge.sandbox.servicerun import wait_for as _wait_for  # noqa: E402
+from cardbridge.sandbox.vcard import VirtualCard, create_card, hw_override_config  # noqa: E402
 
-BUS = "org.cardbridge.CardBridge1"
-MGR = "/org/cardbridge/CardBridge1"
-MIFACE = "org.cardbridge.CardBridge1.Manager"
-BIFACE = "org.cardbridge.CardBridge1.Bridge"
+
+def wait_for(fn, timeout: float, what: str) -> float:
+    """Poll every 10 ms (the resolution of the figures below)."""
+    return _wait_for(fn, timeout, what, POLL)
+
 CARD = 3
 POLL = 0.01
-
-
-def wait_for(fn, timeout: float, what: str, interval: float = POLL) -> float:
-    """Poll `fn` until it is true; returns the monotonic time it became true."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if fn():
-            return time.monotonic()
-        time.sleep(interval)
-    raise TimeoutError(f"timed out waiting for {what}")
-
-
-def get_prop(address: str, path: str, name: str, iface: str = BIFACE):
-    out = subprocess.run(["busctl", f"--address={address}", "--json=short", "get-property", BUS,
-                          path, iface, name], capture_output=True, text=True, timeout=20)
-    return json.loads(out.stdout)["data"] if out.returncode == 0 else None
 
 
 def jack_ports(server: str) -> list[str]:
@@ -72,50 +58,6 @@ def connected(server: str, port: str, peer: str) -> bool:
     out = subprocess.run(["jack_lsp", "-s", server, "-c", port], capture_output=True, text=True,
                          timeout=10).stdout.splitlines()
     return any(line.strip() == peer for line in out[1:] if line.startswith((" ", "\t")))
-
-
-def hw_override(directory: Path) -> str:
-    """An ALSA config where hw:CARD=N opens the virtual card whose clock file is cardN.vcard."""
-    conf = directory / "asound.conf"
-    conf.write_text(f'''pcm_type.cbvcard {{ lib "{plugin_path()}" }}
-pcm.!hw {{
-    @args [ CARD DEV SUBDEV ]
-    @args.CARD {{ type string }}
-    @args.DEV {{ type integer default 0 }}
-    @args.SUBDEV {{ type integer default -1 }}
-    type cbvcard
-    shm {{ @func concat strings [ "{directory}/card" $CARD ".vcard" ] }}
-}}
-''')
-    return f"/usr/share/alsa/alsa.conf:{conf}"
-
-
-@contextlib.contextmanager
-def daemon(work: Path, env: dict, jack_server: str, popen, config: str):
-    """cardbridged (started by `popen`, here inside the namespace), stopped with SIGTERM."""
-    (work / "config.toml").write_text(config)
-    log = open(work / "daemon.log", "w")
-    proc = popen([sys.executable, "-m", "cardbridge.daemon", "--session", "--config",
-                  str(work / "config.toml"), "--state-dir", str(work / "state"),
-                  "--jack-server", jack_server], env=dict(env, PYTHONFAULTHANDLER="1"),
-                 stdout=log, stderr=subprocess.STDOUT)
-    address = env["DBUS_SESSION_BUS_ADDRESS"]
-    try:
-        wait_for(lambda: proc.poll() is None and get_prop(address, MGR, "Version", MIFACE)
-                 is not None, 30, "the service", 0.05)
-        yield address
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        text = (work / "daemon.log").read_text(errors="replace")
-        if "Traceback" in text:
-            print(f"hotplug_latency: the daemon logged a traceback:\n{text[-3000:]}",
-                  file=sys.stderr)
 
 
 def measure(repeats: int = 10) -> dict:
@@ -132,8 +74,9 @@ def measure(repeats: int = 10) -> dict:
         injector = UdevInjector(netns)
         server.start()
         bus.start()
-        env = bus.env(server.env(), ALSA_CONFIG_PATH=hw_override(work), HOME=str(work))
-        with daemon(work, env, server.name, netns.popen, 'auto_attach = "usb"\n') as address:
+        env = bus.env(server.env(), ALSA_CONFIG_PATH=hw_override_config(work), HOME=str(work))
+        with daemon(work, env, server.name, popen=netns.popen,
+                    config='auto_attach = "usb"\n') as address:
             state = lambda: get_prop(address, path, "State")  # noqa: E731
             t0 = time.monotonic()
             sent = injector.plug(model, CARD)

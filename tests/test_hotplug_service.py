@@ -11,32 +11,15 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from pathlib import Path
 
 from cardbridge import names
 from cardbridge.devices import device_from_udev
 from cardbridge.sandbox.udevinject import CARDS
-from cardbridge.sandbox.vcard import VirtualCard, create_card, plugin_path
+from cardbridge.sandbox.vcard import VirtualCard, create_card, hw_override_config
 
 from service_helpers import daemon, get_prop as prop, jack_connections, wait_for
 
 CARD = 3
-
-
-def hw_override(directory: Path) -> str:
-    """An ALSA config where hw:CARD=N opens the virtual card whose clock file is cardN.vcard."""
-    conf = directory / "asound.conf"
-    conf.write_text(f'''pcm_type.cbvcard {{ lib "{plugin_path()}" }}
-pcm.!hw {{
-    @args [ CARD DEV SUBDEV ]
-    @args.CARD {{ type string }}
-    @args.DEV {{ type integer default 0 }}
-    @args.SUBDEV {{ type integer default -1 }}
-    type cbvcard
-    shm {{ @func concat strings [ "{directory}/card" $CARD ".vcard" ] }}
-}}
-''')
-    return f"/usr/share/alsa/alsa.conf:{conf}"
 
 
 def test_usb_card_attaches_waits_and_returns_with_its_name_and_connections(
@@ -44,7 +27,7 @@ def test_usb_card_attaches_waits_and_returns_with_its_name_and_connections(
     model = CARDS["scarlett-2i2"]
     clock = create_card(VirtualCard(f"card{CARD}", shm=str(tmp_path / f"card{CARD}.vcard"),
                                     ppm=75.0))
-    env = session_bus.env(ALSA_CONFIG_PATH=hw_override(tmp_path), HOME=str(tmp_path))
+    env = session_bus.env(ALSA_CONFIG_PATH=hw_override_config(tmp_path), HOME=str(tmp_path))
     with daemon(tmp_path, env, jack_server.name, popen=netns.popen,
                 config='auto_attach = "usb"\n') as address:
         sent = netns.injector.plug(model, CARD)
@@ -96,7 +79,7 @@ def test_twins_and_a_third_card_unplug_undisturbed_and_replug_in_opposite_order(
         f"card{card}", shm=str(tmp_path / f"card{card}.vcard"), ppm=ppm,
         capture_channels=2 if card == 3 else 1, playback_channels=2 if card == 3 else 0))
         for card, ppm in ((3, 75.0), (4, 40.0), (5, -60.0))}
-    env = session_bus.env(ALSA_CONFIG_PATH=hw_override(tmp_path), HOME=str(tmp_path))
+    env = session_bus.env(ALSA_CONFIG_PATH=hw_override_config(tmp_path), HOME=str(tmp_path))
     running = lambda p: prop(address, p, "State") == "running"  # noqa: E731
     with daemon(tmp_path, env, jack_server.name, popen=netns.popen,
                 config='auto_attach = "usb"\n') as address:
@@ -187,7 +170,7 @@ def test_event_storm_and_malformed_events_leave_the_service_consistent_and_respo
                                            ppm=10.0 * card)) for key, card in models}
     for clock in clocks.values():
         clock.unplug()        # as real cards: the PCM exists only while the card is plugged
-    env = session_bus.env(ALSA_CONFIG_PATH=hw_override(tmp_path), HOME=str(tmp_path))
+    env = session_bus.env(ALSA_CONFIG_PATH=hw_override_config(tmp_path), HOME=str(tmp_path))
     injector = netns.injector
     with daemon(tmp_path, env, jack_server.name, popen=netns.popen,
                 config='auto_attach = "usb"\n') as address:

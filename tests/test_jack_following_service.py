@@ -12,11 +12,10 @@ import statistics
 import subprocess
 import time
 
-import pytest
 
 from cardbridge.sandbox.vcard import VirtualCard
 
-from service_helpers import BUS, MGR, MIFACE, daemon, get_prop, jack_connections, wait_for
+from service_helpers import MGR, MIFACE, attach, daemon, get_prop, jack_connections, wait_for
 
 PATH = "/org/cardbridge/CardBridge1/bridge/vcj"
 
@@ -46,8 +45,7 @@ def test_bridge_waits_for_jackdbus_runs_when_started_and_waits_when_stopped(
     state = lambda: get_prop(address, PATH, "State")  # noqa: E731
     with daemon(tmp_path, env, jackdbus.name, "--no-hotplug",
                 config='auto_attach = "none"\n[devices.vcj]\npcm = "vcj"\n') as address:
-        subprocess.run(["busctl", f"--address={address}", "call", BUS, MGR, MIFACE, "Attach",
-                        "sa{sv}", "vcj", "0"], check=True, capture_output=True, timeout=20)
+        attach(address, "vcj")
         wait_for(lambda: state() == "waiting-for-jack", 30, "waiting-for-jack")
         assert get_prop(address, MGR, "JackRunning", MIFACE) is False
         jackdbus.start_server()
@@ -65,8 +63,7 @@ def test_ten_jackdbus_restarts_keep_ports_and_connections_and_survive_buffer_cha
     state = lambda: get_prop(address, PATH, "State")  # noqa: E731
     with daemon(tmp_path, env, jackdbus.name, "--no-hotplug",
                 config='auto_attach = "none"\n[devices.vcj]\npcm = "vcj"\n') as address:
-        subprocess.run(["busctl", f"--address={address}", "call", BUS, MGR, MIFACE, "Attach",
-                        "sa{sv}", "vcj", "0"], check=True, capture_output=True, timeout=20)
+        attach(address, "vcj")
         jackdbus.start_server()
         wait_for(lambda: state() == "running", 60, "running")
         for a, b in EDGES:
@@ -130,8 +127,7 @@ def test_plain_jackd_killed_and_replaced_brings_the_bridge_back_connected(
         state = lambda: get_prop(address, PATH, "State")  # noqa: E731
         with daemon(tmp_path, env, server.name, "--no-hotplug",
                     config='auto_attach = "none"\n[devices.vcj]\npcm = "vcj"\n') as address:
-            subprocess.run(["busctl", f"--address={address}", "call", BUS, MGR, MIFACE, "Attach",
-                            "sa{sv}", "vcj", "0"], check=True, capture_output=True, timeout=20)
+            attach(address, "vcj")
             wait_for(lambda: state() == "running", 60, "running")
             for a, b in EDGES:
                 subprocess.run(["jack_connect", "-s", server.name, a, b], check=True, timeout=10)

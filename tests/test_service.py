@@ -8,7 +8,6 @@ objects appearing and going, persistence across restarts, clean SIGTERM, config 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -17,7 +17,6 @@ import argparse
 import ctypes
 import sys
 import threading
-import time
 
 import jack
 import numpy as np

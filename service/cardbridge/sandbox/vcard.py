@@ -42,6 +42,24 @@ def plugin_path() -> Path:
     return repo / "build" / "alsa-lib" / "libasound_module_pcm_cbvcard.so"
 
 
+def hw_override_config(directory: Path) -> str:
+    """Write an ALSA config where `hw:CARD=N` opens the virtual card whose clock file is
+    `directory/cardN.vcard` (how the hotplug tests make a udev-announced card number real);
+    returns the ALSA_CONFIG_PATH value that loads it after the system's alsa.conf."""
+    conf = Path(directory) / "asound.conf"
+    conf.write_text(f'''pcm_type.cbvcard {{ lib "{plugin_path()}" }}
+pcm.!hw {{
+    @args [ CARD DEV SUBDEV ]
+    @args.CARD {{ type string }}
+    @args.DEV {{ type integer default 0 }}
+    @args.SUBDEV {{ type integer default -1 }}
+    type cbvcard
+    shm {{ @func concat strings [ "{directory}/card" $CARD ".vcard" ] }}
+}}
+''')
+    return f"/usr/share/alsa/alsa.conf:{conf}"
+
+
 @dataclass
 class VirtualCard:
     name: str
