@@ -30,7 +30,7 @@ from typing import Callable
 
 import jack
 
-from .jacklink import JackLink
+from .jacklink import JackLink, cancel_task
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +126,8 @@ class ConnectionKeeper:
         for handle in (self._settle_handle, self._save_handle):
             if handle is not None:
                 handle.cancel()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_task(self._task)
+        self._task = None
         if self._own_link:
             await self.link.stop()
         self._flush_save()

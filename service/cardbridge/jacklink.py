@@ -61,6 +61,16 @@ def post_to_loop(loop: asyncio.AbstractEventLoop, func: Callable, *args) -> None
         pass
 
 
+async def cancel_task(task: asyncio.Task | None) -> None:
+    """Cancel a task and wait until it has ended."""
+    if task is not None:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+
 def _close_blocking(client: jack.Client) -> None:
     """Deactivate and close, ignoring a server that is already gone (libjack thread)."""
     try:
@@ -116,13 +126,8 @@ class JackLink:
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_task(self._task)
+        self._task = None
         await self._finish_pending_open()
         await self._drop_client()
         self._thread.shutdown(wait=False)
