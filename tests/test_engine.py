@@ -16,12 +16,13 @@ import time
 import pytest
 
 from cardbridge import names
+from cardbridge.engine.alsaloop import PRIORITY_WITHOUT_RT_JACK
 from cardbridge.engine.supervisor import BridgeSpec
 from cardbridge.sandbox import probe
 from cardbridge.sandbox.jackserver import JackServer
 from cardbridge.sandbox.vcard import VirtualCard
 
-from engine_helpers import BridgeRun, jack_latency, run_probes
+from engine_helpers import BridgeRun, jack_latency, undisturbed_probes
 
 LOCK_TIMEOUT = 60.0
 
@@ -54,13 +55,31 @@ def running(s) -> bool:
     return s["state"] == names.RUNNING
 
 
-def mean_drift(run: BridgeRun, seconds: float = 4.0) -> float:
-    """The bridge's drift estimate averaged over a few seconds (it breathes with the machine)."""
-    samples = []
-    for _ in range(int(seconds / 0.25)):
-        run.run_for(0.25)
-        samples.append(run.stats()["drift_ppm"])
-    return sum(samples) / len(samples)
+def steady_drift(run: BridgeRun, seconds: float = 4.0, deadline: float = 90.0) -> float:
+    """The bridge's drift estimate averaged over `seconds` of undisturbed running.
+
+    It breathes with the machine, and on a shared machine a stall of the worker (a resync, a
+    card xrun) restarts the loop: a window in which that happened is thrown away and a new one
+    starts once the loop has settled again. No quiet window before `deadline` → skip (the
+    machine, not the bridge, is what would be measured).
+    """
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        first = run.stats()
+        samples = []
+        while len(samples) < int(seconds / 0.25) and time.monotonic() < end:
+            run.run_for(0.25)
+            s = run.stats()
+            if (s["state"] != names.RUNNING or s["restarts"] != first["restarts"]
+                    or s["xruns"] != first["xruns"]):
+                break
+            samples.append(s["drift_ppm"])
+        else:
+            if len(samples) == int(seconds / 0.25):
+                return sum(samples) / len(samples)
+        run.wait(running, LOCK_TIMEOUT, "the bridge to lock again after a stall of the machine")
+        run.run_for(4.0)
+    pytest.skip(f"no {seconds:.0f} s without a stall of the machine in {deadline:.0f} s")
 
 
 def ports_of(server: str, client: str) -> list[str]:
@@ -82,7 +101,7 @@ def test_duplex_bridge_locks_to_the_cards_clock(virtual_cards, bridge_on, jack_s
     assert ports_of(jack_server.name, "vcfast") == [
         "vcfast:capture_1", "vcfast:capture_2", "vcfast:playback_1", "vcfast:playback_2"]
     run.run_for(6.0)   # the loop narrows after its wide start
-    assert abs(mean_drift(run) - 143.0) < 25.0, run.stats()
+    assert abs(steady_drift(run) - 143.0) < 25.0, run.stats()
     s = run.stats()
     assert s["state"] == names.RUNNING
     # the loop holds the delay within a few frames once locked
@@ -98,11 +117,8 @@ def test_reported_latency_equals_measured_round_trip(virtual_cards, bridge_on, j
     cap = jack_latency(jack_server.name, "vcloop:capture_1")[0]
     pb = jack_latency(jack_server.name, "vcloop:playback_1")[1]
     assert cap > 0 and pb > 0
-    restarts_before = run.stats()["restarts"]
-    res = run_probes(jack_server.name, "vcloop:playback_1", "vcloop:capture_1", "impulse", 3.0,
-                     tmp_path)
-    if run.stats()["restarts"] != restarts_before:
-        pytest.skip("the machine stalled during the measurement (card xrun, resync)")
+    res = undisturbed_probes(run, jack_server.name, "vcloop:playback_1", "vcloop:capture_1",
+                             "impulse", 3.0, tmp_path)
     measured = probe.round_trip(res["send"], res["recv"])
     assert abs(measured - (cap + pb)) <= 2, (measured, cap, pb)
 
@@ -113,7 +129,8 @@ def test_tone_through_the_card_loop_is_clean(virtual_cards, bridge_on, jack_serv
     run = bridge_on(card)
     run.wait(running, LOCK_TIMEOUT, "the bridge to lock")
     run.run_for(10.0)   # the loop starts wide (1 Hz) and narrows; steady state is what counts
-    res = run_probes(jack_server.name, "vctone:playback_1", "vctone:capture_1", "sine", 3.0, tmp_path)
+    res = undisturbed_probes(run, jack_server.name, "vctone:playback_1", "vctone:capture_1", "sine",
+                             3.0, tmp_path)
     got = res["recv"]["recorded"]
     start = int((abs(got) > 1e-3).argmax()) + 4800
     assert start > 4800, "no signal came back through the card"
@@ -152,7 +169,7 @@ def test_card_xrun_is_counted_and_recovered(virtual_cards, bridge_on):
     run.wait(running, LOCK_TIMEOUT, "the bridge to lock again")
     assert run.bridge.proc.pid == pid
     run.run_for(2.0)
-    assert abs(mean_drift(run) - 120.0) < 25.0, run.stats()
+    assert abs(steady_drift(run) - 120.0) < 25.0, run.stats()
 
 
 def test_buffer_size_change_keeps_ports_and_connections(virtual_cards, bridge_on, jack_server):
@@ -209,7 +226,7 @@ def test_jack_killed_then_back_at_another_sample_rate(virtual_cards, bridge_on, 
         assert s["rate"] == 48000
         # the nominal ratio is the new one (the loop's proportional part may still be busy)
         assert s["ratio"] == pytest.approx(44100 / 48000, abs=500e-6)
-        assert abs(mean_drift(run) - 90.0) < 25.0, run.stats()
+        assert abs(steady_drift(run) - 90.0) < 25.0, run.stats()
         assert ports_of(again.name, "vcrate") == ports
         assert run.bridge.proc.pid == pid
         assert "failed" not in run.states_seen()
@@ -255,4 +272,44 @@ def test_playback_only_card(virtual_cards, bridge_on, jack_server):
     run.wait(running, LOCK_TIMEOUT, "the bridge to lock")
     assert ports_of(jack_server.name, "vcphones") == ["vcphones:playback_1", "vcphones:playback_2"]
     run.run_for(6.0)
-    assert abs(mean_drift(run) + 400.0) < 25.0, run.stats()
+    assert abs(steady_drift(run) + 400.0) < 25.0, run.stats()
+
+
+def fifo_threads(pid: int) -> list[int]:
+    """SCHED_FIFO priorities of the threads of a process."""
+    found = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            if os.sched_getscheduler(int(tid)) == os.SCHED_FIFO:
+                found.append(os.sched_getparam(int(tid)).sched_priority)
+        except OSError:   # the thread ended meanwhile
+            pass
+    return found
+
+
+@pytest.mark.parametrize("realtime", [False, True], ids=["jack-not-rt", "jack-rt"])
+def test_alsa_thread_priority_follows_jack(virtual_cards, tmp_path, loop, realtime):
+    """With a real-time JACK the ALSA thread runs one above JACK's clients' process threads (a
+    heavy graph must not delay the card); without, it alone is real-time, at a low priority."""
+    server = JackServer(rate=48000, period=256, realtime=realtime, log_path=tmp_path / "jackd.log")
+    server.start()
+    card = VirtualCard("vcsched", ppm=50.0)
+    virtual_cards(card)
+    spec = BridgeSpec(device_id=card.name, pcm=card.name, client_name=card.name,
+                      jack_server=server.name)
+    run = BridgeRun(loop, spec)
+    try:
+        run.start()
+        run.wait(running, LOCK_TIMEOUT, "the bridge to lock")
+        prios = sorted(fifo_threads(run.bridge.proc.pid))
+        if not prios:
+            pytest.skip("no real-time scheduling permitted on this machine")
+        if not realtime:
+            assert prios == [PRIORITY_WITHOUT_RT_JACK]
+        elif len(prios) == 1:
+            pytest.skip("JACK could not get real-time scheduling on this machine")
+        else:   # JACK's process thread for our client, then the ALSA thread
+            assert len(prios) == 2 and prios[1] == prios[0] + 1, prios
+    finally:
+        run.stop()
+        server.stop()

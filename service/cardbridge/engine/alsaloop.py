@@ -1,6 +1,7 @@
 """The ALSA thread of a bridge worker: device I/O, resampling and drift control.
 
-Runs in one thread of the bridge worker process, at SCHED_FIFO where permitted. Opening, closing
+Runs in one thread of the bridge worker process, at SCHED_FIFO where permitted (one above JACK's
+client threads, see `alsa_priority`). Opening, closing
 and recovery happen at the edges of `run()`; the per-period path (`*_rt` methods) only reads and
 writes preallocated buffers, the lock-free rings of the compiled core and the stats slot. It
 never logs: messages for the log are left in `notes` for the control thread to print.
@@ -63,8 +64,26 @@ def resampler_lags(converter: str) -> tuple[float, float]:
     return _lags[converter]
 
 
+PRIORITY_WITHOUT_RT_JACK = 10
+
+
+def alsa_priority(jack_client_priority: int) -> int:
+    """SCHED_FIFO priority of the ALSA thread, from JACK's priority for its clients' process
+    threads (-1 when JACK is not real-time).
+
+    One above JACK's clients: the card's deadline is its own buffer of a few periods, and a
+    heavy JACK graph (plugins, a DAW) running in the clients' threads must not delay it; still
+    below the JACK server's own thread. Without a real-time JACK the thread stays real-time at a
+    low priority: at normal priority the card xruns as soon as the machine is busy.
+    """
+    if jack_client_priority < 0:
+        return PRIORITY_WITHOUT_RT_JACK
+    return jack_client_priority + 1
+
+
 def try_realtime(priority: int) -> str | None:
-    """Ask SCHED_FIFO for the calling thread; returns a warning when it is not permitted."""
+    """Ask SCHED_FIFO at `priority` for the calling thread; returns a warning when it is not
+    permitted."""
     try:
         lo = os.sched_get_priority_min(os.SCHED_FIFO)
         hi = os.sched_get_priority_max(os.SCHED_FIFO)
@@ -88,7 +107,8 @@ class AlsaBridge:
     """Owns the device streams of one bridge; `run()` is the thread body."""
 
     def __init__(self, spec, jack_side: JackSide, stats: StatsSlot, channels: tuple[int, int],
-                 device_rate: int | None, strict_rate: bool, priority: int = 70):
+                 device_rate: int | None, strict_rate: bool,
+                 priority: int = PRIORITY_WITHOUT_RT_JACK):
         self.spec = spec
         self.jack = jack_side
         self.stats = stats

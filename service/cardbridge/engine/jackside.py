@@ -149,6 +149,13 @@ class JackSide:
     def activate(self) -> None:
         self.client.activate()
 
+    def rt_priority(self) -> int:
+        """The SCHED_FIFO priority JACK gives its clients' process threads; -1 when JACK runs
+        without real-time scheduling (or no client is open)."""
+        if self.client is None:
+            return -1
+        return int(lib.cb_rt_priority(_as_void(self.client._ptr)))
+
     def close(self, news: ServerNews | None = None) -> None:
         """Close the client. After a shutdown, wait up to 1 s first, less when `news` says a
         server started since: the old one has exited then."""

@@ -48,6 +48,7 @@ int cb_read_cycle(cb_core *core, uint64_t *out);
 void cb_set_mute(cb_core *core, uint32_t mute);
 uint64_t cb_now_usecs(void);
 int cb_recompute_latencies(cb_core *core);
+int cb_rt_priority(void *client);
 """
 
 SOURCE = r"""
@@ -255,6 +256,14 @@ uint64_t cb_now_usecs(void)
 int cb_recompute_latencies(cb_core *core)
 {
     return jack_recompute_total_latencies((jack_client_t *)core->client);
+}
+
+/* JACK's real-time priority for its clients' process threads, -1 when JACK is not real-time. */
+int cb_rt_priority(void *client)
+{
+    if (!jack_is_realtime((jack_client_t *)client))
+        return -1;
+    return jack_client_real_time_priority((jack_client_t *)client);
 }
 """
 

@@ -24,7 +24,7 @@ import threading
 import jack
 
 from .. import names
-from .alsaloop import AlsaBridge
+from .alsaloop import AlsaBridge, alsa_priority
 from .jackside import JackSide, ServerNews
 from .pcmio import DeviceError, DeviceGone, max_channels
 from .spec import BridgeSpec
@@ -175,7 +175,7 @@ class Worker:
     def start_alsa(self, side: JackSide) -> AlsaBridge:
         """A new ALSA thread, starting from the drift learnt so far."""
         alsa = AlsaBridge(self.spec, side, self.stats, self.channels, self.device_rate,
-                          strict_rate=self.spec.rate is not None)
+                          strict_rate=self.spec.rate is not None, priority=alsa_priority(side.rt_priority()))
         alsa.learnt_ppm = self.learnt_ppm
         self.alsa = alsa
         alsa.start()
