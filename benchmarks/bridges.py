@@ -8,6 +8,7 @@ one card, with the same ALSA period (256 × 2 unless told) and the card's own ra
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -29,6 +30,7 @@ class Running:
     playback_port: str
     capture_port: str
     clients: list = field(default_factory=list)    # its JACK client names
+    logs: list = field(default_factory=list)       # (program, log path) of each process
 
 
 def start_bridge(kind: str, card, server: str, env: dict, work: Path, tag: str = "",
@@ -50,14 +52,48 @@ def start_bridge(kind: str, card, server: str, env: dict, work: Path, tag: str =
         return Running(kind, [proc], f"{name}:playback_1", f"{name}:capture_1", [name])
     common = ["-d", card.name, "-r", str(card.rate), "-p", str(period), "-n", "2", "-c", "2"]
     if kind == "zita":
+        # -v: one line a second with the loop's error and ratio, line-buffered into the log,
+        # so that a loop that broke down is seen (broke_down) rather than measured as audio
         cin, cout = f"zin{tag}", f"zout{tag}"
-        a = subprocess.Popen(["zita-a2j", "-j", cin, *common], env=env, stdout=out, stderr=out)
-        b = subprocess.Popen(["zita-j2a", "-j", cout, *common], env=env, stdout=out2, stderr=out2)
+        programs = ("zita-a2j", "zita-j2a")
+        line = ["stdbuf", "-oL", "-eL"]
+        a = subprocess.Popen([*line, "zita-a2j", "-v", "-j", cin, *common], env=env, stdout=out,
+                             stderr=out)
+        b = subprocess.Popen([*line, "zita-j2a", "-v", "-j", cout, *common], env=env, stdout=out2,
+                             stderr=out2)
     else:
         cin, cout = f"ain{tag}", f"aout{tag}"
+        programs = ("alsa_in", "alsa_out")
         a = subprocess.Popen(["alsa_in", "-j", cin, *common], env=env, stdout=out, stderr=out)
         b = subprocess.Popen(["alsa_out", "-j", cout, *common], env=env, stdout=out2, stderr=out2)
-    return Running(kind, [a, b], f"{cout}:playback_1", f"{cin}:capture_1", [cin, cout])
+    logs = list(zip(programs, (out.name, out2.name)))
+    return Running(kind, [a, b], f"{cout}:playback_1", f"{cin}:capture_1", [cin, cout], logs)
+
+
+def _floats(line: str) -> list | None:
+    try:
+        values = [float(w) for w in line.split()]
+    except ValueError:
+        return None
+    return values if len(values) == 3 else None
+
+
+def broke_down(bridge: Running) -> str | None:
+    """What a peer's own log says went wrong for good, read after it stopped: zita's control
+    loop reading NaN (its -v status lines show error and ratio "-nan" from then on, and its audio
+    is garbage). None when nothing was seen."""
+    found = []
+    for program, path in bridge.logs:
+        try:
+            lines = Path(path).read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        status = [v for v in map(_floats, lines) if v is not None]
+        bad = next((i for i, v in enumerate(status) if any(math.isnan(x) for x in v)), None)
+        if bad is not None:
+            found.append(f"{program}'s control loop went NaN (its -v status lines read -nan "
+                         f"from line {bad + 1} of {len(status)} on)")
+    return "; ".join(found) or None
 
 
 def stop_all(procs: list) -> None:

@@ -90,6 +90,11 @@ def loop_report(results: list[dict], meta: dict) -> list[str]:
                     if r["card"] == card and r.get("failed")]
         if failures:
             lines += ["", "Failed runs: " + "; ".join(failures)]
+        broken = [f"{r['bridge']} (run {r['run'] + 1}): {r['broke_down']}" for r in results
+                  if r["card"] == card and r.get("broke_down")]
+        if broken:
+            lines += ["", "Broke down (still measured; their figures include it): "
+                      + "; ".join(broken)]
         lines.append("")
         lines.append("| metric | " + " | ".join(BRIDGES) + " | cardbridge / zita | cardbridge / alsa_in |")
         lines.append("|---|" + "---|" * (len(BRIDGES) + 2))
@@ -125,7 +130,9 @@ def kind_table(title: str, note: str, rows: list[dict], keys: tuple) -> list[str
                      + " | ".join(ratio_cells({k: v[0] if v else None for k, v in stats.items()}))
                      + " |")
     failed = [f"{r['bridge']}: {r['failed']}" for r in rows if r.get("failed")]
-    return lines + ([""] + ["Failed: " + "; ".join(failed)] if failed else []) + [""]
+    broken = [f"{r['bridge']}: {r['broke_down']}" for r in rows if r.get("broke_down")]
+    return (lines + (["", "Failed: " + "; ".join(failed)] if failed else [])
+            + (["", "Broke down (still measured): " + "; ".join(broken)] if broken else []) + [""])
 
 
 def report(data: dict, out: Path) -> str:

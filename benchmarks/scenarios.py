@@ -24,7 +24,7 @@ from cardbridge.sandbox.jackserver import JackServer
 from cardbridge.sandbox.probe import thd_n_windows_db
 from cardbridge.sandbox.vcard import VirtualCard, write_alsa_config
 
-from bridges import cpu_seconds, jack_ports, reported_latency, rss_mb, start_bridge, stop_all
+from bridges import broke_down, cpu_seconds, jack_ports, reported_latency, rss_mb, start_bridge, stop_all
 
 RATE = 48000
 
@@ -160,6 +160,7 @@ def _run_clicks(kind: str, card: VirtualCard, seconds: float, work: Path,
             }
         finally:
             stop_all(bridge.procs)
+    figures["broke_down"] = broke_down(bridge)
     if not (work / "send.npz").exists() or not (work / "recv.npz").exists():
         return figures, None, t0
     return figures, {"send": np.load(work / "send.npz"), "recv": np.load(work / "recv.npz")}, t0
@@ -201,7 +202,8 @@ def measure_stalls(kind: str, card: VirtualCard, work: Path, stalls: int = 20,
 
     figures, data, _ = _run_clicks(kind, fresh(card), seconds, work, during)
     result = {"bridge": kind, "card": card.name, "stalls": stalls, "stall_ms": stall_ms,
-              "alive_at_end": figures["bridge_alive_at_end"]}
+              "alive_at_end": figures.get("bridge_alive_at_end"),
+              "broke_down": figures["broke_down"]}
     if data is None:
         return {**result, "failed": "no click data", "relock_s": [], "never": stalls}
     times, delays = click_delays(data["send"], data["recv"], RATE)
@@ -246,7 +248,7 @@ def measure_tone(kind: str, card: VirtualCard, work: Path, seconds: float = 30.0
             probe.wait(seconds + 60)
         finally:
             stop_all(bridge.procs)
-    result = {"bridge": kind, "card": card.name}
+    result = {"bridge": kind, "card": card.name, "broke_down": broke_down(bridge)}
     if not (work / "tone.npz").exists():
         return {**result, "failed": "no recording"}
     rec = np.load(work / "tone.npz")["recorded"]
@@ -288,5 +290,7 @@ def measure_many(kind: str, count: int, seconds: float, work: Path, period: int 
         finally:
             stop_all([p for b in bridges for p in b.procs])
     xruns = int(np.load(work / "xruns.npz")["xruns"]) if (work / "xruns.npz").exists() else None
+    broken = [f"bridge {i}: {why}" for i, b in enumerate(bridges) if (why := broke_down(b))]
     return {"bridge": kind, "count": count, "period": period, "seconds": seconds,
-            "jack_xruns": xruns, "alive": alive, "cpu_percent": cpu}
+            "jack_xruns": xruns, "alive": alive, "cpu_percent": cpu,
+            "broke_down": "; ".join(broken) or None}
