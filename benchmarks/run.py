@@ -110,12 +110,17 @@ def loop_report(results: list[dict], meta: dict) -> list[str]:
     return lines
 
 
-def ratio_cells(values: dict) -> list[str]:
+def ratio_cells(values: dict, key: str = "") -> list[str]:
+    """cardbridge against each peer: a ratio, or a difference for levels in dB."""
     cells = []
     for peer in ("zita", "alsa_in"):
         a, b = values.get("cardbridge"), values.get(peer)
-        cells.append(f"{a / b:.2f}" if isinstance(a, (int, float)) and isinstance(b, (int, float))
-                     and b else "–")
+        if not (isinstance(a, (int, float)) and isinstance(b, (int, float))):
+            cells.append("–")
+        elif key.endswith("_db"):
+            cells.append(f"{a - b:+.1f} dB")
+        else:
+            cells.append(f"{a / b:.2f}" if b else "–")
     return cells
 
 
@@ -126,9 +131,9 @@ def kind_table(title: str, note: str, rows: list[dict], keys: tuple) -> list[str
              "|---|" + "---|" * (len(BRIDGES) + 2)]
     for key in keys:
         stats = {k: med([r.get(key) for r in rows if r["bridge"] == k]) for k in BRIDGES}
+        medians = {k: v[0] if v else None for k, v in stats.items()}
         lines.append(f"| {key} | " + " | ".join(fmt(stats[k]) for k in BRIDGES) + " | "
-                     + " | ".join(ratio_cells({k: v[0] if v else None for k, v in stats.items()}))
-                     + " |")
+                     + " | ".join(ratio_cells(medians, key)) + " |")
     failed = [f"{r['bridge']}: {r['failed']}" for r in rows if r.get("failed")]
     broken = [f"{r['bridge']}: {r['broke_down']}" for r in rows if r.get("broke_down")]
     return (lines + (["", "Failed: " + "; ".join(failed)] if failed else [])
