@@ -81,7 +81,8 @@ def _floats(line: str) -> list | None:
 def broke_down(bridge: Running) -> str | None:
     """What a peer's own log says went wrong for good, read after it stopped: zita's control
     loop reading NaN (its -v status lines show error and ratio "-nan" from then on, and its audio
-    is garbage). None when nothing was seen."""
+    is garbage), alsa_in/alsa_out giving up on an ALSA error ("Write error: …", after the
+    error codes it printed before). None when nothing was seen."""
     found = []
     for program, path in bridge.logs:
         try:
@@ -93,6 +94,11 @@ def broke_down(bridge: Running) -> str | None:
         if bad is not None:
             found.append(f"{program}'s control loop went NaN (its -v status lines read -nan "
                          f"from line {bad + 1} of {len(status)} on)")
+        fatal = next((ln for ln in lines if ln.startswith(("Write error", "Read error"))), None)
+        if fatal is not None:
+            codes = sorted({ln.split("=")[1].strip() for ln in lines if ln.startswith("err =")})
+            found.append(f"{program} exited: \"{fatal.strip()}\" (ALSA errors it had printed: "
+                         f"{', '.join(codes) or 'none'})")
     return "; ".join(found) or None
 
 

@@ -25,11 +25,11 @@ def jack_connections(server: str, port: str) -> list[str]:
 
 @contextlib.contextmanager
 def daemon(tmp_path: Path, env: dict, jack_server: str, *extra: str, popen=subprocess.Popen,
-           config: str = 'auto_attach = "none"\n'):
-    """cardbridged on the session bus of `env`; stopped with SIGTERM at the end, and its log
-    must not contain a traceback."""
+           config: str = 'auto_attach = "none"\n', bus: str = "session"):
+    """cardbridged on the session (or system) bus of `env`; stopped with SIGTERM at the end,
+    and its log must not contain a traceback."""
     with servicerun.daemon(tmp_path, env, jack_server, *extra, popen=popen,
-                           config=config) as address:
+                           config=config, bus=bus) as address:
         yield address
     log = (tmp_path / "daemon.log").read_text()
     assert "Traceback" not in log and "Fatal Python error" not in log, log

@@ -147,3 +147,26 @@ def test_plain_jackd_killed_and_replaced_brings_the_bridge_back_connected(
                      "connections restored")
     finally:
         server.stop()
+
+
+def test_system_service_follows_jackdbus_on_the_session_bus_it_is_given(
+        jackdbus, session_bus, system_bus, virtual_cards, tmp_path):
+    """cardbridged --system has no session bus of its own: --jackdbus-bus names the one whose
+    jackdbus it follows (a system service next to one user's qjackctl)."""
+    cards = virtual_cards(VirtualCard("vcj", ppm=-55.0))
+    env = system_bus.env(cards.env(jackdbus.env()))
+    env.pop("DBUS_SESSION_BUS_ADDRESS", None)
+    env.pop("CARDBRIDGE_SESSION_BUS_ADDRESS", None)
+    state = lambda: get_prop(address, PATH, "State")  # noqa: E731
+    with daemon(tmp_path, env, jackdbus.name, "--no-hotplug", "--jackdbus-bus",
+                session_bus.address, bus="system",
+                config='auto_attach = "none"\n[devices.vcj]\npcm = "vcj"\n') as address:
+        assert address == system_bus.address
+        attach(address, "vcj")
+        wait_for(lambda: state() == "waiting-for-jack", 30, "waiting-for-jack")
+        jackdbus.start_server()
+        wait_for(lambda: state() == "running", 60, "running")
+        assert get_prop(address, MGR, "JackRunning", MIFACE) is True
+        jackdbus.stop_server()
+        wait_for(lambda: state() == "waiting-for-jack", 30, "waiting-for-jack after stop")
+        assert get_prop(address, MGR, "JackRunning", MIFACE) is False

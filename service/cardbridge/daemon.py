@@ -34,6 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config", help="configuration file (TOML)")
     p.add_argument("--state-dir", help="where the state file lives")
     p.add_argument("--jack-server", help="JACK server to follow (default: $JACK_DEFAULT_SERVER or 'default')")
+    p.add_argument("--jackdbus-bus", metavar="ADDRESS",
+                   help="the session bus whose jackdbus to follow (with --system; default: "
+                        "$CARDBRIDGE_SESSION_BUS_ADDRESS; with --session it is that bus)")
     p.add_argument("--no-hotplug", action="store_true", help="do not watch udev for cards")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--version", action="version", version=f"cardbridged {__version__}")
@@ -45,8 +48,10 @@ async def run(args) -> int:
     config = args.config or str(default_path(system))
     state_dir = args.state_dir or str(default_state_dir(system))
     jack_server = args.jack_server or os.environ.get("JACK_DEFAULT_SERVER") or None
-    session_address = os.environ.get("DBUS_SESSION_BUS_ADDRESS") if not system else \
-        os.environ.get("CARDBRIDGE_SESSION_BUS_ADDRESS")
+    if system:
+        session_address = args.jackdbus_bus or os.environ.get("CARDBRIDGE_SESSION_BUS_ADDRESS")
+    else:
+        session_address = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
     manager = Manager(config, state_dir, jack_server, hotplug=not args.no_hotplug,
                       session_bus_address=session_address)
     try:

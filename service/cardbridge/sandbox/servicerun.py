@@ -54,18 +54,19 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 
 @contextlib.contextmanager
 def daemon(work: Path, env: dict, jack_server: str, *extra: str, popen=subprocess.Popen,
-           config: str = 'auto_attach = "none"\n'):
-    """cardbridged on the session bus of `env` (`popen` may start it in a namespace), with
-    its config, state and log (daemon.log) in `work`; yields the bus address, stops it with
-    SIGTERM. Fatal signals print a Python traceback of every thread (faulthandler)."""
+           config: str = 'auto_attach = "none"\n', bus: str = "session"):
+    """cardbridged on the session (or system) bus of `env` (`popen` may start it in a
+    namespace), with its config, state and log (daemon.log) in `work`; yields the bus address,
+    stops it with SIGTERM. Fatal signals print a Python traceback of every thread
+    (faulthandler)."""
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.toml").write_text(config)
     with open(work / "daemon.log", "w") as log:
-        proc = popen([sys.executable, "-m", "cardbridge.daemon", "--session", "--config",
+        proc = popen([sys.executable, "-m", "cardbridge.daemon", f"--{bus}", "--config",
                       str(work / "config.toml"), "--state-dir", str(work / "state"),
                       "--jack-server", jack_server, *extra],
                      env=dict(env, PYTHONFAULTHANDLER="1"), stdout=log, stderr=subprocess.STDOUT)
-        address = env["DBUS_SESSION_BUS_ADDRESS"]
+        address = env[f"DBUS_{bus.upper()}_BUS_ADDRESS"]
         try:
             wait_for(lambda: proc.poll() is None and get_prop(address, MGR, "Version", MIFACE)
                      is not None, 30, "the service")
