@@ -143,6 +143,10 @@ def kind_table(title: str, note: str, rows: list[dict], keys: tuple) -> list[str
 def report(data: dict, out: Path) -> str:
     meta = data["meta"]
     lines = loop_report(data["results"], meta)
+    if meta.get("merged"):
+        kept = meta["merged"]
+        lines[:0] = [f"Merged: {', '.join(kept['kept'])} from `{' '.join(kept['from'] or [])}`, "
+                     f"the rest re-run by `{' '.join(meta['argv'])}` on the same machine.", ""]
     if data.get("tone"):
         lines += kind_table("Tone: THD+N of a 997 Hz sine, −6 dBFS, through the loop",
                             "4096-frame windows after 18 s, four-parameter sine fit per window.",
@@ -242,6 +246,9 @@ def main(argv=None) -> int:
                    help="comma-separated scenarios to run")
     p.add_argument("--out", default=None)
     p.add_argument("--replot", metavar="DIR", help="redraw the table and plots of a results.json")
+    p.add_argument("--merge", metavar="DIR",
+                   help="start from the results.json in DIR and replace only the scenarios run "
+                        "now (a scenario re-run after a disturbed run; both commands are kept)")
     args = p.parse_args(argv)
     if args.replot:
         data = json.loads((Path(args.replot) / "results.json").read_text())
@@ -268,6 +275,21 @@ def main(argv=None) -> int:
             "command": "make bench" + (" (--quick)" if args.quick else ""),
             "argv": sys.argv[1:]}
     data = {"meta": meta, "results": [], "tone": [], "stalls": [], "many": [], "scale": []}
+    if args.merge:
+        data = json.loads((Path(args.merge) / "results.json").read_text())
+        earlier = data["meta"]
+        meta["merged"] = {"from": earlier.get("argv"), "machine": earlier.get("machine"),
+                          "kept": sorted(k for k in ("loop", "tone", "stalls", "many",
+                                                     "control", "hotplug") if k not in only)}
+        if "loop" not in only:
+            meta["runs"], meta["seconds"] = earlier["runs"], earlier["seconds"]
+        data["meta"] = meta
+        for key, scenario in (("results", "loop"), ("tone", "tone"), ("stalls", "stalls"),
+                              ("many", "many")):
+            if scenario in only:
+                data[key] = []
+        if args.scale:
+            data["scale"] = []
 
     def save():
         (out / "results.json").write_text(json.dumps(data, indent=1))
@@ -283,11 +305,14 @@ def main(argv=None) -> int:
                 print(f"   lock 2 ppm: {r.get('lock_2ppm_s')} s, p95 {r.get('ratio_err_p95_ppm')}, "
                       f"cpu {r['cpu_percent']:.1f} %, xruns {r['jack_xruns']}", flush=True)
                 save()
-    for kind in BRIDGES if "tone" in only else ():
-        print(f"tone: {kind} …", flush=True)
-        data["tone"].append(scenarios.measure_tone(kind, cards[0], work / f"tone-{kind}"))
-        print(f"   {data['tone'][-1]}", flush=True)
-        save()
+    for run in range(args.runs if "tone" in only else 0):
+        for kind in BRIDGES:
+            print(f"tone: run {run + 1}/{args.runs} · {kind} …", flush=True)
+            r = scenarios.measure_tone(kind, cards[0], work / f"tone{run}-{kind}")
+            r["run"] = run
+            data["tone"].append(r)
+            print(f"   {r}", flush=True)
+            save()
     for kind in BRIDGES if "stalls" in only else ():
         print(f"stalls: {kind} ×{args.stalls} …", flush=True)
         r = scenarios.measure_stalls(kind, cards[0], work / f"stalls-{kind}", stalls=args.stalls)

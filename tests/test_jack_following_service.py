@@ -162,6 +162,9 @@ def test_system_service_follows_jackdbus_on_the_session_bus_it_is_given(
                 session_bus.address, bus="system",
                 config='auto_attach = "none"\n[devices.vcj]\npcm = "vcj"\n') as address:
         assert address == system_bus.address
+        log = tmp_path / "daemon.log"
+        wait_for(lambda: f"following jackdbus on {session_bus.address}" in log.read_text(), 30,
+                 "the service to follow jackdbus on the given bus")
         attach(address, "vcj")
         wait_for(lambda: state() == "waiting-for-jack", 30, "waiting-for-jack")
         jackdbus.start_server()

@@ -162,6 +162,7 @@ class JackWatch:
         )
         for rule in rules:
             await self._call(DBUS_NAME, DBUS_PATH, DBUS_NAME, "AddMatch", "s", [rule])
+        log.info("following jackdbus on %s", address or "the session bus")
 
     async def _call(self, destination: str, path: str, interface: str, member: str,
                     signature: str = "", body: list | None = None):
