@@ -430,13 +430,17 @@ class AlsaBridge:
         n_ch = self.n_playback
         while self.fifo_len < period:
             take = int(math.ceil((period - self.fifo_len) / ratio)) + 1
-            if w_now - c_pos < take:
-                self.underruns += 1
+            have = w_now - c_pos
             start = c_pos & RING_MASK
             first = min(take, RING_FRAMES - start)
             self.scratch[:first] = jk.playback_ring[start:start + first, :n_ch]
             if take > first:
                 self.scratch[first:take] = jk.playback_ring[:take - first, :n_ch]
+            if have < take:
+                # JACK has not written these yet: the ring still holds what it wrote one ring
+                # length ago, which must not be played again (a late echo); silence instead
+                self.underruns += 1
+                self.scratch[max(have, 0):take] = 0.0
             res = self.rs_p.process(self.scratch[:take], ratio)
             k = res.shape[0]
             self.fifo[self.fifo_len:self.fifo_len + k] = res
