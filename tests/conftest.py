@@ -3,7 +3,7 @@
 Runs in the test process. Every fixture gives its component a unique name (JACK server names,
 bus directories, namespaces), so tests may run next to other test sessions on the machine.
 
-    jack_server       a started JackServer (jackd -d dummy, 48 kHz / 256), function scope
+    jack_server       a started real-time JackServer (jackd -R -d dummy, 48 kHz / 256), function scope
     session_bus       a started session-like PrivateBus
     system_bus        a started system-like PrivateBus including the project's dbus/*.conf
     make_bus          factory: make_bus("system", policy_dirs=[…], service_dirs=[…])
@@ -43,8 +43,12 @@ WATCHED_NAMES = ("jackd", "jackdbus", "dbus-daemon")
 
 @pytest.fixture
 def jack_server(tmp_path):
-    """A real JACK dummy server (48 kHz, 256 frames) under a unique name, stopped by PID."""
-    server = JackServer(rate=48000, period=256, log_path=tmp_path / "jackd.log")
+    """A real JACK dummy server (48 kHz, 256 frames) under a unique name, stopped by PID.
+
+    Real-time, as JACK runs for the people who use bridges: a non-real-time dummy server on a
+    shared virtual machine loses cycles whenever the host takes the CPU away, and the bridges
+    would be measured against a clock that stutters."""
+    server = JackServer(rate=48000, period=256, log_path=tmp_path / "jackd.log", realtime=True)
     server.start()
     yield server
     server.stop()

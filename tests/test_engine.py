@@ -178,6 +178,37 @@ def test_card_xrun_is_counted_and_recovered(virtual_cards, bridge_on):
     assert abs(steady_drift(run) - 120.0) < 25.0, run.stats()
 
 
+def test_repeated_short_dropouts_give_the_card_one_more_period(virtual_cards, bridge_on):
+    """The card's pointer freezes for 32 ms again and again (more than two periods of 1024 can
+    absorb): after a few xruns the bridge runs the card with three periods, reports the added
+    latency to JACK and locks again; it goes no further than max_periods. (Periods of 1024: this
+    machine's own dropouts, a few ms long, must not do it first.)"""
+    card = VirtualCard("vcdrop", ppm=50.0)
+    cards = virtual_cards(card)
+    run = bridge_on(card, period=1024, max_periods=3)
+    first = run.wait(running, LOCK_TIMEOUT, "the bridge to lock")
+    if first["periods"] != 2:
+        pytest.skip("this machine's own dropouts gave the card its third period before the test")
+    control = cards.control(card)
+    for _ in range(40):
+        if run.stats()["periods"] > 2:
+            break
+        control.stall(0.032)
+        run.run_for(0.7)
+    s = run.stats()
+    assert s["periods"] == 3, s
+    assert s["xruns"] >= 3
+    s = run.wait(lambda s: running(s) and s["capture_latency"] > 0, LOCK_TIMEOUT,
+                 "the bridge to lock with three periods")
+    # the capture side keeps one more period in its ring for a thread that may now be late
+    assert s["capture_latency"] >= first["capture_latency"] + 1024 - 2
+    assert s["playback_latency"] >= first["playback_latency"] + 1024 - 2
+    for _ in range(6):
+        control.stall(0.032)
+        run.run_for(0.7)
+    assert run.stats()["periods"] == 3
+
+
 def test_buffer_size_change_keeps_ports_and_connections(virtual_cards, bridge_on, jack_server):
     card = VirtualCard("vcbuf", ppm=60.0)
     virtual_cards(card)
@@ -201,7 +232,7 @@ def test_jack_restart_waits_then_comes_back(virtual_cards, bridge_on, jack_serve
     pid = run.bridge.proc.pid
     jack_server.stop()
     run.wait(lambda s: s["state"] == names.WAITING_FOR_JACK, 30.0, "waiting-for-jack")
-    again = JackServer(name=jack_server.name, rate=48000, period=256)
+    again = JackServer(name=jack_server.name, rate=48000, period=256, realtime=True)
     again.start()
     try:
         run.wait(running, LOCK_TIMEOUT, "the bridge to come back with JACK")
@@ -224,15 +255,16 @@ def test_jack_killed_then_back_at_another_sample_rate(virtual_cards, bridge_on, 
     ports = ports_of(jack_server.name, "vcrate")
     jack_server.kill9()
     run.wait(lambda s: s["state"] == names.WAITING_FOR_JACK, 30.0, "waiting-for-jack")
-    again = JackServer(name=jack_server.name, rate=44100, period=256)
+    again = JackServer(name=jack_server.name, rate=44100, period=256, realtime=True)
     again.start()
     try:
         s = run.wait(lambda s: running(s) and s["jack_rate"] == 44100, LOCK_TIMEOUT,
                      "the bridge to come back at 44.1 kHz")
         assert s["rate"] == 48000
-        # the nominal ratio is the new one (the loop's proportional part may still be busy)
-        assert s["ratio"] == pytest.approx(44100 / 48000, abs=500e-6)
-        assert abs(steady_drift(run) - 90.0) < 25.0, run.stats()
+        # the nominal ratio is the new one, with the card's offset on it
+        means = steady_means(run)
+        assert means["ratio"] == pytest.approx(44100 / 48000 / (1 + 90e-6), abs=40e-6)
+        assert abs(means["drift_ppm"] - 90.0) < 25.0, run.stats()
         assert ports_of(again.name, "vcrate") == ports
         assert run.bridge.proc.pid == pid
         assert "failed" not in run.states_seen()
@@ -260,7 +292,7 @@ def test_44k1_card_on_48k_jack(virtual_cards, bridge_on):
     run = bridge_on(card)
     s = run.wait(running, LOCK_TIMEOUT, "the bridge to lock")
     assert s["rate"] == 44100
-    assert s["ratio"] == pytest.approx(48000 / 44100, rel=1e-4)
+    assert steady_means(run)["ratio"] == pytest.approx(48000 / 44100, abs=40e-6)
 
 
 def test_capture_only_card(virtual_cards, bridge_on, jack_server):

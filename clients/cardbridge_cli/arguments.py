@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the card's sample rate (default: JACK's)")
     attach.add_argument("--period", metavar="FRAMES", type=_positive, help="the card's period size")
     attach.add_argument("--periods", metavar="N", type=_positive, help="periods in the card's buffer")
+    attach.add_argument("--max-periods", metavar="N", type=_positive,
+                        help="periods the card may grow to after repeated dropouts (default 4; "
+                             "equal to --periods keeps the latency fixed)")
     attach.add_argument("--quality", choices=QUALITIES, help="resampler quality")
     attach.add_argument("--no-persist", dest="persist", action="store_false",
                         help="do not remember this card: no re-attach on replug or restart")

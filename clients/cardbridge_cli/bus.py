@@ -28,7 +28,7 @@ _DBUS = ("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus"
 
 # What attach options travel as (DESIGN.md §2 Attach).
 _OPTION_SIGNATURES = {"name": "s", "capture": "u", "playback": "u", "rate": "u", "period": "u",
-                      "periods": "u", "quality": "s", "persist": "b"}
+                      "periods": "u", "max_periods": "u", "quality": "s", "persist": "b"}
 
 
 def bus_address(kind: str) -> str | None:

@@ -61,7 +61,8 @@ async def devices(service: bus.Service, args, out: Output) -> int:
     return failures.OK
 
 
-ATTACH_OPTIONS = ("name", "capture", "playback", "rate", "period", "periods", "quality")
+ATTACH_OPTIONS = ("name", "capture", "playback", "rate", "period", "periods", "max_periods",
+                  "quality")
 
 
 async def attach(service: bus.Service, args, out: Output) -> int:

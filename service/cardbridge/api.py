@@ -32,7 +32,7 @@ SIGNATURES = {
     names.BRIDGE_IFACE: {"Detach": "", "Restart": ""},
 }
 OPTION_TYPES = {"name": "s", "quality": "s", "persist": "b", "capture": "u", "playback": "u",
-                "rate": "u", "period": "u", "periods": "u"}
+                "rate": "u", "period": "u", "periods": "u", "max_periods": "u"}
 INTEGER_SIGS = set("ynqiuxt")
 
 # Bridge property name → stats key

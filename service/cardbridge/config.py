@@ -16,9 +16,9 @@ from .errors import InvalidArgument
 
 AUTO_ATTACH = ("none", "usb", "all")
 BRIDGE_KEYS = {"name": str, "capture": int, "playback": int, "rate": int, "period": int,
-               "periods": int, "quality": str}
+               "periods": int, "max_periods": int, "quality": str}
 LIMITS = {"capture": (0, 64), "playback": (0, 64), "rate": (8000, 384000),
-          "period": (16, 8192), "periods": (2, 16)}
+          "period": (16, 8192), "periods": (2, 16), "max_periods": (2, 16)}
 
 
 @dataclass
@@ -35,6 +35,7 @@ class Config:
     hotplug: bool = True
     period: int = 256
     periods: int = 2
+    max_periods: int = 4
     quality: str = "medium"
     devices: dict[str, DeclaredDevice] = field(default_factory=dict)
     profiles: dict[str, dict] = field(default_factory=dict)
@@ -89,7 +90,7 @@ def parse_config(text: str, path: str | None = None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise InvalidArgument(f"{where}: not valid TOML ({exc})") from None
     cfg = Config(path=path)
-    known = {"auto_attach", "hotplug", "period", "periods", "quality", "devices", "profiles"}
+    known = {"auto_attach", "hotplug", "period", "periods", "max_periods", "quality", "devices", "profiles"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise InvalidArgument(f"{where}: unknown setting '{unknown[0]}'")
@@ -101,10 +102,12 @@ def parse_config(text: str, path: str | None = None) -> Config:
         if not isinstance(data["hotplug"], bool):
             raise InvalidArgument(f"{where}: hotplug must be true or false")
         cfg.hotplug = data["hotplug"]
-    defaults = check_bridge_options({k: data[k] for k in ("period", "periods", "quality") if k in data},
+    defaults = check_bridge_options({k: data[k] for k in ("period", "periods", "max_periods", "quality")
+                                     if k in data},
                                     where)
     cfg.period = defaults.get("period", cfg.period)
     cfg.periods = defaults.get("periods", cfg.periods)
+    cfg.max_periods = defaults.get("max_periods", cfg.max_periods)
     cfg.quality = defaults.get("quality", cfg.quality)
     devices = data.get("devices", {})
     if not isinstance(devices, dict):

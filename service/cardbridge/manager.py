@@ -221,6 +221,7 @@ class Manager:
 
     def _spec_for(self, dev: Device, opts: dict) -> BridgeSpec:
         merged = {"period": self.config.period, "periods": self.config.periods,
+                  "max_periods": self.config.max_periods,
                   "quality": self.config.quality}
         merged.update({k: v for k, v in self.config.profile(dev.id).items() if k != "attach"})
         merged.update(opts)
@@ -231,7 +232,8 @@ class Manager:
         return BridgeSpec(device_id=dev.id, pcm=dev.pcm, client_name=name,
                           capture=merged.get("capture"), playback=merged.get("playback"),
                           rate=merged.get("rate"), period=merged["period"],
-                          periods=merged["periods"], quality=merged["quality"],
+                          periods=merged["periods"], max_periods=merged["max_periods"],
+                          quality=merged["quality"],
                           jack_server=self.jack_server)
 
     async def _create_bridge(self, device_id: str, opts: dict, persist: bool) -> None:

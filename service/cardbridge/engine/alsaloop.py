@@ -34,6 +34,7 @@ import samplerate
 
 from .. import names
 from ..drift import PeriodDLL, RatioLoop, jack_frames_at
+from ..headroom import Headroom
 from ._rtcore import ffi, lib
 from .jackside import RING_FRAMES, JackSide
 from .pcmio import FORMATS, DeviceError, DeviceGone, SampleCodec, classify, open_pcm
@@ -120,6 +121,10 @@ class AlsaBridge:
         self.wake = threading.Event()     # set by the control thread: retry the device now
         self.notes: list[str] = []
         self.learnt_ppm = 0.0          # kept across restarts of the thread: re-lock starts from it
+        self.headroom = Headroom(spec.periods, spec.max_periods)
+        self.t_ok: float | None = None  # when the card last delivered a period in time
+        self.xrun_gap: float | None = None
+        self.xrun_seen = False
         self.loop_c = self.loop_p = None  # kept across resyncs (warm re-lock)
         self.has_locked = False
         self.drift_smooth: float | None = None
@@ -170,6 +175,8 @@ class AlsaBridge:
             except Resync:
                 self.resyncs += 1
                 self.stats.add("restarts")
+                if self.xrun_seen:
+                    self._after_xrun()
             except DeviceGone:
                 self._close()
                 self._set_state(names.WAITING_FOR_DEVICE)
@@ -187,16 +194,28 @@ class AlsaBridge:
                 self._close()
         self.jack.core.mute_capture = 1
 
+    def _after_xrun(self) -> None:
+        """A card xrun ended the stream: maybe give the card one more period (headroom.py)."""
+        self.xrun_seen = False
+        period_s = self.period / float(self.rate)
+        before = self.headroom.periods
+        if self.headroom.on_xrun(time.monotonic(), self.xrun_gap, period_s):
+            after = self.headroom.periods
+            self.notes.append(
+                f"{self.spec.pcm} keeps running dry ({before} periods of {self.period} frames); "
+                f"using {after} periods from now on (+{period_s * 1000:.1f} ms latency)")
+
     def _open(self) -> None:
         spec = self.spec
         rate = self.device_rate or self.jack.events.samplerate
         if self.n_capture:
             self.cap, self.cap_params = open_pcm(spec.pcm, "capture", self.n_capture, rate,
-                                                 spec.period, spec.periods, self.strict_rate)
+                                                 spec.period, self.headroom.periods,
+                                                 self.strict_rate)
             rate = self.cap_params.rate
         if self.n_playback:
             self.pb, self.pb_params = open_pcm(spec.pcm, "playback", self.n_playback, rate,
-                                               spec.period, spec.periods, True)
+                                               spec.period, self.headroom.periods, True)
         self.rate = rate
 
     def _close(self) -> None:
@@ -227,6 +246,7 @@ class AlsaBridge:
         learnt = 1.0 + self.learnt_ppm * 1e-6
         self.dll = PeriodDLL(self.period, fd)
         self.fd = fd
+        self.t_ok = None
         self._set_state(names.SYNCING)
         core.mute_capture = 1
         self.cap_started = False
@@ -253,7 +273,11 @@ class AlsaBridge:
                                  self.r_c0 / learnt)
         self.codec_c = SampleCodec(self.cap_params, self.period)
         self.rs_c = samplerate.Resampler(converter, self.n_capture)
-        self.target_c = self.r_c0 * (self.period + self.withheld) + n_jack + self.margin
+        # A buffer of more than two periods lets this thread be late by more than a period
+        # without a card xrun; the ring must then hold that much more for JACK to read meanwhile.
+        late_ok = max(0, self.bufsize // self.period - 2) * self.period
+        self.target_c = (self.r_c0 * (self.period + self.withheld + late_ok) + n_jack
+                         + self.margin)
         self.v_count = float(lib.cb_load(self.p_cap_wr))
         self.err_c = None
 
@@ -382,15 +406,31 @@ class AlsaBridge:
         t_wake = jack_now()
         if n < 0:
             self._count_xrun_rt("capture overrun")
+        self.t_ok = t_wake
         past = max(0, self.cap.avail())
-        if n != self.period or not self.dll.update(t_wake, past):
-            raise Resync()
+        if n != self.period:
+            self._resync_rt(f"the card gave {n} frames instead of a period")
+        t_last = self.dll.t1
+        if not self.dll.update(t_wake, past):
+            self._resync_rt(self._stall_reason(t_last, t_wake))
         return data
+
+    @staticmethod
+    def _stall_reason(t_last: float, t_wake: float) -> str:
+        return f"the card's period came {(t_wake - t_last) * 1000:.1f} ms after the last one"
+
+    def _resync_rt(self, why: str) -> None:
+        """Leave the stream for a restart (an error path: the note is built only here)."""
+        if len(self.notes) < 1000:
+            self.notes.append(f"resync on {self.spec.pcm}: {why}")
+        raise Resync()
 
     def _count_xrun_rt(self, what: str) -> None:
         """Count a card xrun and resync; the note (an error path, not the steady state) tells
         the log which side it was."""
         self.xruns += 1
+        self.xrun_seen = True
+        self.xrun_gap = None if self.t_ok is None else jack_now() - self.t_ok
         if len(self.notes) < 1000:
             self.notes.append(f"{what} on {self.spec.pcm} (xrun {self.xruns}); resyncing")
         self.stats.add("xruns")
@@ -419,7 +459,7 @@ class AlsaBridge:
         if trimmed:
             self.loop_c.update(self.err_c)
             if self.loop_c.needs_resync:
-                raise Resync()
+                self._resync_rt(f"capture delay off by {self.err_c:.0f} frames")
 
     def _pull_rt(self, ratio: float) -> None:
         """Resample JACK frames from the ring until the fifo holds one device period."""
@@ -457,9 +497,11 @@ class AlsaBridge:
             # playback only: the card making room for a period is the clock
             self._wait_rt(self.pb, self.pb_poll, select.POLLOUT)
             t_wake = jack_now()
+            self.t_ok = t_wake
             past = max(0, self.pb.avail() - period)
+            t_last = dll.t1
             if not dll.update(t_wake, past):
-                raise Resync()
+                self._resync_rt(self._stall_reason(t_last, t_wake))
             cyc = self.jack.read_cycle_rt()
             if dll.ready and cyc is not None:
                 # at that boundary the card had just made room for one period
@@ -486,7 +528,7 @@ class AlsaBridge:
         if trimmed and err is not None:
             self.loop_p.update(err)
             if self.loop_p.needs_resync:
-                raise Resync()
+                self._resync_rt(f"playback delay off by {err:.0f} frames")
 
     def _playback_error_rt(self, cyc, now: float) -> float:
         """Duplex: how far the card had played at the capture boundary, from its avail."""

@@ -19,6 +19,7 @@ class BridgeSpec:
     rate: int | None = None       # device rate; None = JACK's rate
     period: int = 256
     periods: int = 2
+    max_periods: int = 4          # the card may get more periods after repeated dropouts
     quality: str = "medium"       # best|medium|fastest|linear
     jack_server: str | None = None
     learnt_ppm: float = 0.0       # the card's drift learnt by an earlier worker: start from it

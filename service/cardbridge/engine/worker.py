@@ -71,6 +71,7 @@ class Worker:
         self.device_rate: int | None = spec.rate
         # the card's drift, kept across ALSA thread, JACK and worker restarts
         self.learnt_ppm = spec.learnt_ppm if math.isfinite(spec.learnt_ppm) else 0.0
+        self.periods = spec.periods    # raised by the ALSA thread after repeated dropouts
         # "jack-up" commands: a JACK server (re)started, so the one our client saw leave has
         # exited and its client may be closed without waiting.
         self.server_news = ServerNews()
@@ -177,6 +178,7 @@ class Worker:
         alsa = AlsaBridge(self.spec, side, self.stats, self.channels, self.device_rate,
                           strict_rate=self.spec.rate is not None, priority=alsa_priority(side.rt_priority()))
         alsa.learnt_ppm = self.learnt_ppm
+        alsa.headroom.periods = max(alsa.headroom.periods, self.periods)
         self.alsa = alsa
         alsa.start()
         return alsa
@@ -187,6 +189,7 @@ class Worker:
             alsa.request_stop(2.0)
             if alsa.has_locked:
                 self.learnt_ppm = alsa.learnt_ppm
+            self.periods = alsa.headroom.periods
 
 
 def main(argv: list[str] | None = None) -> int:
