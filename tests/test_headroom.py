@@ -3,6 +3,10 @@
 Pure unit tests (no I/O); the engine test that drives it through a real card is in test_engine.py.
 """
 
+import pytest
+
+from cardbridge.config import check_bridge_options, parse_config
+from cardbridge.errors import InvalidArgument
 from cardbridge.headroom import WINDOW_S, XRUNS, Headroom
 
 PERIOD_S = 256 / 48000.0
@@ -50,3 +54,12 @@ def test_unknown_gap_and_fixed_latency():
     assert fixed.periods == 3
     # a ceiling below the start is the start
     assert Headroom(periods=5, max_periods=2).max_periods == 5
+
+
+def test_max_periods_is_a_checked_setting():
+    assert parse_config("max_periods = 3\n").max_periods == 3
+    assert parse_config("").max_periods == 4
+    with pytest.raises(InvalidArgument, match="max_periods"):
+        parse_config("max_periods = 1\n")
+    with pytest.raises(InvalidArgument, match="whole number"):
+        check_bridge_options({"max_periods": "4"}, "Attach")
