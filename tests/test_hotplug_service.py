@@ -97,6 +97,7 @@ def test_twins_and_a_third_card_unplug_undisturbed_and_replug_in_opposite_order(
                             peer], check=True, timeout=10)
         time.sleep(1.5)    # the keeper records them
         before = bridge_counters(address, paths["scarlett-2i2"])
+        log_mark = len((tmp_path / "daemon.log").read_text())
 
         # one mic leaves: the PCM vanishes, then udev says so
         clocks[4].unplug()
@@ -114,7 +115,13 @@ def test_twins_and_a_third_card_unplug_undisturbed_and_replug_in_opposite_order(
             time.sleep(0.1)
         assert seen <= {"running", "syncing"}, seen
         after = bridge_counters(address, paths["scarlett-2i2"])
-        assert after[2] == before[2], "the Scarlett's bridge restarted"
+        # Every restart of the Scarlett's stream must have a cause of its own that its worker
+        # logged (a card xrun, a late period: the machine); none may come from the removal.
+        time.sleep(0.5)   # the worker prints its notes every 0.25 s
+        window = (tmp_path / "daemon.log").read_text()[log_mark:]
+        own = [line for line in window.splitlines() if "hw:CARD=3," in line
+               and ("resync on" in line or "underrun on" in line or "overrun on" in line)]
+        assert after[2] - before[2] <= len(own), ("the Scarlett's bridge restarted", window)
         print(f"\nudev remove -> waiting-for-device: {removal * 1000:.0f} ms; the Scarlett's "
               f"xruns/underruns during the next 2 s: {after[0] - before[0]}/{after[1] - before[1]}")
 
