@@ -19,6 +19,8 @@ BRIDGE_KEYS = {"name": str, "capture": int, "playback": int, "rate": int, "perio
                "periods": int, "max_periods": int, "quality": str}
 LIMITS = {"capture": (0, 64), "playback": (0, 64), "rate": (8000, 384000),
           "period": (16, 8192), "periods": (2, 16), "max_periods": (2, 16)}
+# bridge settings whose defaults the top level of the config file sets (Config has a field each)
+DEFAULT_KEYS = ("period", "periods", "max_periods", "quality")
 
 
 @dataclass
@@ -90,7 +92,7 @@ def parse_config(text: str, path: str | None = None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise InvalidArgument(f"{where}: not valid TOML ({exc})") from None
     cfg = Config(path=path)
-    known = {"auto_attach", "hotplug", "period", "periods", "max_periods", "quality", "devices", "profiles"}
+    known = {"auto_attach", "hotplug", "devices", "profiles", *DEFAULT_KEYS}
     unknown = sorted(set(data) - known)
     if unknown:
         raise InvalidArgument(f"{where}: unknown setting '{unknown[0]}'")
@@ -102,13 +104,9 @@ def parse_config(text: str, path: str | None = None) -> Config:
         if not isinstance(data["hotplug"], bool):
             raise InvalidArgument(f"{where}: hotplug must be true or false")
         cfg.hotplug = data["hotplug"]
-    defaults = check_bridge_options({k: data[k] for k in ("period", "periods", "max_periods", "quality")
-                                     if k in data},
-                                    where)
-    cfg.period = defaults.get("period", cfg.period)
-    cfg.periods = defaults.get("periods", cfg.periods)
-    cfg.max_periods = defaults.get("max_periods", cfg.max_periods)
-    cfg.quality = defaults.get("quality", cfg.quality)
+    defaults = check_bridge_options({k: data[k] for k in DEFAULT_KEYS if k in data}, where)
+    for key, value in defaults.items():
+        setattr(cfg, key, value)
     devices = data.get("devices", {})
     if not isinstance(devices, dict):
         raise InvalidArgument(f"{where}: [devices] must be a table")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from . import __version__, names
-from .config import Config, check_bridge_options, load_config
+from .config import DEFAULT_KEYS, Config, check_bridge_options, load_config
 from .devices import Device, DeviceRegistry
 from .engine.supervisor import Bridge, BridgeSpec
 from .errors import AlreadyAttached, InvalidArgument, NoSuchBridge, NoSuchDevice
@@ -220,9 +220,7 @@ class Manager:
         return dev.id
 
     def _spec_for(self, dev: Device, opts: dict) -> BridgeSpec:
-        merged = {"period": self.config.period, "periods": self.config.periods,
-                  "max_periods": self.config.max_periods,
-                  "quality": self.config.quality}
+        merged = {key: getattr(self.config, key) for key in DEFAULT_KEYS}
         merged.update({k: v for k, v in self.config.profile(dev.id).items() if k != "attach"})
         merged.update(opts)
         name = names.jack_client_name(merged.get("name") or dev.client_name)
