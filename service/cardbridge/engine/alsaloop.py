@@ -104,6 +104,15 @@ class Resync(Exception):
     """Leave the streaming loop and start again (xrun, stall, JACK change)."""
 
 
+class CardXrun(Resync):
+    """A card xrun: `gap` = seconds since the card last delivered a period in time (None when
+    the stream had not delivered one yet), for the headroom policy."""
+
+    def __init__(self, gap: float | None):
+        super().__init__()
+        self.gap = gap
+
+
 class AlsaBridge:
     """Owns the device streams of one bridge; `run()` is the thread body."""
 
@@ -123,8 +132,6 @@ class AlsaBridge:
         self.learnt_ppm = 0.0          # kept across restarts of the thread: re-lock starts from it
         self.headroom = Headroom(spec.periods, spec.max_periods)
         self.t_ok: float | None = None  # when the card last delivered a period in time
-        self.xrun_gap: float | None = None
-        self.xrun_seen = False
         self.loop_c = self.loop_p = None  # kept across resyncs (warm re-lock)
         self.has_locked = False
         self.drift_smooth: float | None = None
@@ -172,11 +179,11 @@ class AlsaBridge:
                 self._open()
                 self._stream()
                 backoff = 0.2
-            except Resync:
+            except Resync as exc:
                 self.resyncs += 1
                 self.stats.add("restarts")
-                if self.xrun_seen:
-                    self._after_xrun()
+                if isinstance(exc, CardXrun):
+                    self._after_xrun(exc.gap)
             except DeviceGone:
                 self._close()
                 self._set_state(names.WAITING_FOR_DEVICE)
@@ -194,12 +201,11 @@ class AlsaBridge:
                 self._close()
         self.jack.core.mute_capture = 1
 
-    def _after_xrun(self) -> None:
+    def _after_xrun(self, gap: float | None) -> None:
         """A card xrun ended the stream: maybe give the card one more period (headroom.py)."""
-        self.xrun_seen = False
         period_s = self.period / float(self.rate)
         before = self.headroom.periods
-        if self.headroom.on_xrun(time.monotonic(), self.xrun_gap, period_s):
+        if self.headroom.on_xrun(time.monotonic(), gap, period_s):
             after = self.headroom.periods
             self.notes.append(
                 f"{self.spec.pcm} keeps running dry ({before} periods of {self.period} frames); "
@@ -419,22 +425,24 @@ class AlsaBridge:
     def _stall_reason(t_last: float, t_wake: float) -> str:
         return f"the card's period came {(t_wake - t_last) * 1000:.1f} ms after the last one"
 
-    def _resync_rt(self, why: str) -> None:
-        """Leave the stream for a restart (an error path: the note is built only here)."""
+    def _note_rt(self, text: str) -> None:
+        """A line for the log, on an error path only (the list is capped)."""
         if len(self.notes) < 1000:
-            self.notes.append(f"resync on {self.spec.pcm}: {why}")
+            self.notes.append(text)
+
+    def _resync_rt(self, why: str) -> None:
+        """Leave the stream for a restart, saying why."""
+        self._note_rt(f"resync on {self.spec.pcm}: {why}")
         raise Resync()
 
     def _count_xrun_rt(self, what: str) -> None:
         """Count a card xrun and resync; the note (an error path, not the steady state) tells
         the log which side it was."""
+        gap = None if self.t_ok is None else jack_now() - self.t_ok
         self.xruns += 1
-        self.xrun_seen = True
-        self.xrun_gap = None if self.t_ok is None else jack_now() - self.t_ok
-        if len(self.notes) < 1000:
-            self.notes.append(f"{what} on {self.spec.pcm} (xrun {self.xruns}); resyncing")
+        self._note_rt(f"{what} on {self.spec.pcm} (xrun {self.xruns}); resyncing")
         self.stats.add("xruns")
-        raise Resync()
+        raise CardXrun(gap)
 
     def _capture_rt(self, data, cyc, trimmed: bool) -> None:
         jk = self.jack
