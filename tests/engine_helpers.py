@@ -33,6 +33,14 @@ def jack_server_xruns(server) -> int:
         return 0
 
 
+def undisturbed_since(run, before: dict, jack_xruns: int) -> bool:
+    """Neither the bridge (no restart, no card xrun) nor the JACK server (it lost no time) was
+    stalled since `before` (stats) and `jack_xruns` (jack_server_xruns) were taken."""
+    s = run.stats()
+    return ((s["restarts"], s["xruns"]) == (before["restarts"], before["xruns"])
+            and jack_server_xruns(run.jack_server) == jack_xruns)
+
+
 class BridgeRun:
     """A Bridge plus a record of every stats change, driven from a private event loop."""
 
@@ -109,16 +117,13 @@ def undisturbed_probes(run: BridgeRun, server: str, play_port: str, record_port:
                        signal: str, seconds: float, tmp: Path, attempts: int = 3):
     """run_probes while the bridge stays locked: a measurement during which the machine stalled
     the bridge (a card xrun, a resync: its capture is muted while it re-syncs) or the JACK server
-    (it lost time) is taken again
-    once it runs; after `attempts` disturbed ones the test is skipped, since the machine, not the
-    bridge, would be measured."""
+    (it lost time) is taken again once it runs; after `attempts` disturbed ones the test is
+    skipped, since the machine, not the bridge, would be measured."""
     for _ in range(attempts):
         before = run.stats()
         jx = jack_server_xruns(run.jack_server)
         res = run_probes(server, play_port, record_port, signal, seconds, tmp)
-        after = run.stats()
-        if ((after["restarts"], after["xruns"]) == (before["restarts"], before["xruns"])
-                and jack_server_xruns(run.jack_server) == jx):
+        if undisturbed_since(run, before, jx):
             return res
         run.wait(lambda s: s["state"] == names.RUNNING, 60.0, "the bridge to lock again")
         run.run_for(3.0)

@@ -22,7 +22,8 @@ from cardbridge.sandbox import probe
 from cardbridge.sandbox.jackserver import JackServer
 from cardbridge.sandbox.vcard import VirtualCard
 
-from engine_helpers import BridgeRun, jack_latency, jack_server_xruns, undisturbed_probes
+from engine_helpers import (BridgeRun, jack_latency, jack_server_xruns, undisturbed_probes,
+                            undisturbed_since)
 
 LOCK_TIMEOUT = 60.0
 
@@ -65,8 +66,8 @@ def steady_means(run: BridgeRun, seconds: float = 4.0, deadline: float = 90.0) -
     It breathes with the machine, and on a shared machine a stall of the worker (a resync, a
     card xrun) restarts the loop, and a stall of the JACK server (it lost time) moves the clock
     the loop follows: a window in which, or up to 2-4 s before which, that happened is thrown
-    away and a new one starts once the loop has settled again. No quiet window before `deadline` → skip (the
-    machine, not the bridge, is what would be measured).
+    away and a new one starts once the loop has settled again. No quiet window before
+    `deadline` → skip (the machine, not the bridge, is what would be measured).
     """
     end = time.monotonic() + deadline
     jx = jack_server_xruns(run.jack_server)   # none from here to the window's end
@@ -77,8 +78,7 @@ def steady_means(run: BridgeRun, seconds: float = 4.0, deadline: float = 90.0) -
         while len(samples) < int(seconds / 0.25) and time.monotonic() < end:
             run.run_for(0.25)
             s = run.stats()
-            if (s["state"] != names.RUNNING or s["restarts"] != first["restarts"]
-                    or s["xruns"] != first["xruns"] or jack_server_xruns(run.jack_server) != jx):
+            if s["state"] != names.RUNNING or not undisturbed_since(run, first, jx):
                 break
             samples.append(s)
         else:
