@@ -116,7 +116,8 @@ def test_duplex_bridge_locks_to_the_cards_clock(virtual_cards, bridge_on, jack_s
     assert means["ratio"] == pytest.approx(1 / (1 + 143e-6), abs=40e-6), run.stats()
     s = run.stats()
     # the loop holds the delay within a few frames once locked
-    assert s["state"] != names.RUNNING or abs(s["delay_error"]) < 16.0, s
+    assert s["state"] == names.RUNNING, s
+    assert abs(s["delay_error"]) < 16.0, s
 
 
 def test_reported_latency_equals_measured_round_trip(virtual_cards, bridge_on, jack_server, tmp_path):
@@ -124,12 +125,14 @@ def test_reported_latency_equals_measured_round_trip(virtual_cards, bridge_on, j
     virtual_cards(card)
     run = bridge_on(card)
     run.wait(running, LOCK_TIMEOUT, "the bridge to lock")
-    cap = jack_latency(jack_server.name, "vcloop:capture_1")[0]
-    pb = jack_latency(jack_server.name, "vcloop:playback_1")[1]
-    assert cap > 0 and pb > 0
     res = undisturbed_probes(run, jack_server.name, "vcloop:playback_1", "vcloop:capture_1",
                              "impulse", 3.0, tmp_path)
     measured = probe.round_trip(res["send"], res["recv"])
+    # read after the measurement that counted: card xruns during an earlier, retaken one may
+    # have raised the bridge's headroom (one ALSA period more on each side, reported to JACK)
+    cap = jack_latency(jack_server.name, "vcloop:capture_1")[0]
+    pb = jack_latency(jack_server.name, "vcloop:playback_1")[1]
+    assert cap > 0 and pb > 0
     assert abs(measured - (cap + pb)) <= 2, (measured, cap, pb)
 
 
@@ -163,6 +166,33 @@ def test_stall_of_the_worker_relocks(virtual_cards, bridge_on):
     run.wait(lambda s: s["restarts"] > before, 20.0, "the stall to be counted")
     run.wait(running, LOCK_TIMEOUT, "the bridge to lock again")
     assert run.bridge.proc.pid == pid  # same worker: it recovered, nothing had to restart it
+
+
+def test_jack_server_losing_time_does_not_disturb_the_bridge(virtual_cards, bridge_on, jack_server):
+    """A stopped JACK server (a host that took its CPU away) starts again late, its frame counter
+    behind real time: the bridge skips the frames of that time and stays locked, no re-sync."""
+    card = VirtualCard("vcjackstop", ppm=-120.0)
+    virtual_cards(card)
+    run = bridge_on(card)
+    run.wait(running, LOCK_TIMEOUT, "the bridge to lock")
+    run.run_for(6.0)
+    for attempt in range(3):
+        before = run.stats()
+        for _ in range(3):
+            os.kill(jack_server.pid, signal.SIGSTOP)
+            time.sleep(0.05)
+            os.kill(jack_server.pid, signal.SIGCONT)
+            run.run_for(2.0)
+        after = run.stats()
+        if after["xruns"] == before["xruns"]:   # a card xrun (the machine) would restart it anyway
+            break
+        run.wait(running, LOCK_TIMEOUT, "the bridge to lock again")
+    else:
+        pytest.skip("the machine stalled the card in each of 3 tries")
+    assert jack_server_xruns(jack_server) >= 3
+    assert after["restarts"] == before["restarts"], after
+    assert after["state"] == names.RUNNING, after
+    assert abs(after["delay_error"]) < 16.0, after
 
 
 def test_card_xrun_is_counted_and_recovered(virtual_cards, bridge_on):

@@ -55,7 +55,9 @@ class JackEvents:
         self.blocksize = 0
         self.samplerate = 0
         self.changed = threading.Event()   # blocksize or samplerate changed: resync
-        self.xruns = 0
+        # No xrun callback: it would take the GIL in JACK's notification thread (not real-time)
+        # right when the server is late, and the ALSA thread then waits for the GIL: measured
+        # card xruns after every JACK server stall. The process callback sees lost time itself.
 
 
 class JackSide:
@@ -104,13 +106,9 @@ class JackSide:
                 ev.changed.set()
             ev.samplerate = samplerate
 
-        def on_xrun(delay):
-            ev.xruns += 1
-
         client.set_shutdown_callback(on_shutdown)
         client.set_blocksize_callback(on_blocksize)
         client.set_samplerate_callback(on_samplerate)
-        client.set_xrun_callback(on_xrun)
 
         c = self.core
         c.n_capture = self.n_capture

@@ -3,8 +3,9 @@
 Built at install time (setup.py cffi_modules). The C code runs in JACK's process thread (and its
 latency callback), never takes the GIL, never allocates, never blocks: per cycle it copies between
 the port buffers and two lock-free single-producer/single-consumer rings of interleaved float
-frames, compensates skipped cycles so that ring counters stay tied to JACK's frame counter, and
-publishes the cycle's frame time through a sequence-locked slot that the ALSA thread reads.
+frames, keeps a timeline of its own of when the driver started each cycle, compensates skipped
+cycles and time the server lost so that ring counters keep the card's pace, and publishes the
+cycle's frame time through a sequence-locked slot that the ALSA thread reads.
 """
 
 import cffi
@@ -25,8 +26,8 @@ typedef struct {
     uint64_t playback_rd;        /* written by the ALSA thread */
     uint32_t mute_capture;       /* not streaming: silence on the capture ports, no counting */
     uint32_t seq;                /* cycle record sequence lock (odd while writing) */
-    uint64_t cyc_frames;         /* JACK frame time at the start of the last cycle */
-    uint64_t cyc_usecs;          /* its start time (us, jack_get_time clock)       */
+    uint64_t cyc_frames;         /* frame count at its start: JACK's + lost_frames */
+    uint64_t cyc_usecs;          /* its start on the timeline (us, jack_get_time)  */
     uint64_t cyc_next_usecs;
     uint32_t cyc_nframes;
     uint64_t cyc_capture_rd;     /* capture_rd at the start of that cycle  */
@@ -38,6 +39,15 @@ typedef struct {
     uint32_t capture_latency;    /* frames reported in JackCaptureLatency ranges  */
     uint32_t playback_latency;   /* frames reported in JackPlaybackLatency ranges */
     void *client;
+    uint32_t cyc_held;           /* the last cycle came late: its time is not known yet */
+    uint32_t tl_nframes;         /* the timeline's cycle length (0: not started) */
+    uint64_t tl_frames;          /* timeline anchor: frame count (JACK's + lost_frames) ... */
+    double tl_usecs;             /* ... and when the driver started that cycle (us) */
+    double tl_us_per_frame;      /* the timeline's slope, filtered */
+    uint64_t tl_updates;
+    uint32_t tl_held;            /* the last cycle was held (late or early against the timeline) */
+    int64_t lost_frames;         /* frames of time the JACK server lost, skipped in the rings */
+    uint64_t lost_times;         /* how often it lost time */
 } cb_core;
 
 int cb_install(void *client, cb_core *core);
@@ -54,6 +64,7 @@ int cb_rt_priority(void *client);
 SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
+#include <math.h>
 #include <jack/jack.h>
 
 typedef struct {
@@ -84,6 +95,15 @@ typedef struct {
     uint32_t capture_latency;
     uint32_t playback_latency;
     void *client;
+    uint32_t cyc_held;
+    uint32_t tl_nframes;
+    uint64_t tl_frames;
+    double tl_usecs;
+    double tl_us_per_frame;
+    uint64_t tl_updates;
+    uint32_t tl_held;
+    int64_t lost_frames;
+    uint64_t lost_times;
 } cb_core;
 
 #define LOAD_ACQ(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
@@ -129,49 +149,117 @@ static void playback_rt(cb_core *c, jack_nframes_t n)
     STORE_REL(&c->playback_wr, wr + n);
 }
 
-static void skip_rt(cb_core *c, uint64_t gap)
+static void skip_rt(cb_core *c, int64_t gap)
 {
-    /* Cycles JACK skipped: keep both ring counters tied to the frame counter. */
-    uint64_t mask = c->playback_size - 1;
-    uint32_t nch = c->n_playback;
-    if (nch) {
+    /* Frames JACK's graph will never see (skipped cycles, time the server lost): both ring
+       counters move on with the card's time. A negative gap takes back frames skipped too many. */
+    if (c->n_playback) {
+        uint64_t mask = c->playback_size - 1;
+        uint32_t nch = c->n_playback;
         uint64_t wr = c->playback_wr;
-        uint64_t clear = gap < c->playback_size ? gap : c->playback_size;
+        uint64_t clear = gap <= 0 ? 0 : (uint64_t)gap < c->playback_size ? (uint64_t)gap : c->playback_size;
         for (uint64_t i = 0; i < clear; i++)
             memset(&c->playback_ring[((wr + i) & mask) * nch], 0, sizeof(float) * nch);
-        STORE_REL(&c->playback_wr, wr + gap);
+        STORE_REL(&c->playback_wr, wr + (uint64_t)gap);
     }
     if (c->n_capture)
-        STORE_REL(&c->capture_rd, c->capture_rd + gap);
-    c->skipped_frames += gap;
+        STORE_REL(&c->capture_rd, c->capture_rd + (uint64_t)gap);
+}
+
+/* The timeline: when the driver started each cycle, on a frame count that also counts the time
+   the server lost. JACK's own cycle times come from a DLL that a late server cycle drags along
+   for seconds (its frame counter stops while time goes on, and the DLL slews back slowly), and a
+   bridge measuring against them would chase that slew. Here the driver's start of each cycle is
+   filtered by a DLL of our own; a cycle that starts more than a quarter period off the timeline
+   is held (not measured, not learnt from); if the next one is off as much, the server's schedule
+   moved: the frames of that time are skipped in the rings and the timeline goes on from there,
+   continuous for the ALSA thread. If it is back on time, the held cycle was only late. */
+#define TL_WIDE_UPDATES 200     /* about a second at 256/48k */
+#define TL_WIDE_HZ 2.0
+#define TL_NARROW_HZ 0.25
+#define TL_MAX_SKIP ((int64_t)1 << 24)
+
+static uint64_t timeline_rt(cb_core *c, jack_client_t *client, uint64_t frames, jack_nframes_t n,
+                            uint32_t *held)
+{
+    jack_nframes_t rate = jack_get_sample_rate(client);
+    double nominal = rate ? 1e6 / (double)rate : 1.0;
+    double start = (double)jack_get_time() - (double)jack_frames_since_cycle_start(client) * nominal;
+    uint64_t v = frames + (uint64_t)c->lost_frames;
+    *held = 0;
+    if (!c->cycles || c->tl_nframes != n) {
+        c->tl_nframes = n;
+        c->tl_frames = v;
+        c->tl_usecs = start;
+        c->tl_us_per_frame = nominal;
+        c->tl_updates = 0;
+        c->tl_held = 0;
+        return v;
+    }
+    double dv = (double)(int64_t)(v - c->tl_frames);
+    double pred = c->tl_usecs + dv * c->tl_us_per_frame;
+    double e = start - pred;
+    double limit = 0.25 * (double)n * nominal;
+    if (dv <= 0.0) {
+        c->tl_frames = v;
+        c->tl_usecs = start;
+        return v;
+    }
+    if (e > limit || e < -limit) {
+        if (!c->tl_held) {
+            c->tl_held = 1;
+            *held = 1;
+            c->tl_frames = v;
+            c->tl_usecs = pred;
+            return v;
+        }
+        int64_t lost = (int64_t)llround(e / c->tl_us_per_frame);
+        if (lost > -TL_MAX_SKIP && lost < TL_MAX_SKIP) {
+            skip_rt(c, lost);
+            c->lost_frames += lost;
+            c->lost_times++;
+            v += (uint64_t)lost;
+        }
+        c->tl_held = 0;
+        c->tl_frames = v;
+        c->tl_usecs = start;
+        return v;
+    }
+    double bw = c->tl_updates < TL_WIDE_UPDATES ? TL_WIDE_HZ : TL_NARROW_HZ;
+    double w = 2.0 * 3.14159265358979 * bw * dv * c->tl_us_per_frame * 1e-6;
+    c->tl_held = 0;
+    c->tl_usecs = pred + 1.41421356 * w * e;
+    c->tl_us_per_frame += w * w * e / dv;
+    c->tl_frames = v;
+    c->tl_updates++;
+    return v;
 }
 
 static int process_rt(jack_nframes_t n, void *arg)
 {
     cb_core *c = (cb_core *)arg;
-    jack_nframes_t frames;
-    jack_time_t usecs, next_usecs;
-    float period_usecs;
-    if (jack_get_cycle_times((jack_client_t *)c->client, &frames, &usecs, &next_usecs, &period_usecs) != 0) {
-        frames = jack_last_frame_time((jack_client_t *)c->client);
-        usecs = jack_get_time();
-        next_usecs = usecs;
-    }
+    jack_client_t *client = (jack_client_t *)c->client;
+    jack_nframes_t frames = jack_last_frame_time(client);
     /* 64-bit frame counter extended from JACK's 32-bit one. */
-    uint64_t prev = c->cyc_frames;
+    uint64_t prev = c->cyc_frames - (uint64_t)c->lost_frames;
     uint64_t full = (prev & ~(uint64_t)0xffffffffu) | (uint64_t)frames;
     if (c->cycles && full < prev)
         full += (uint64_t)1 << 32;
     if (c->cycles) {
         uint64_t expected = prev + c->cyc_nframes;
-        if (full > expected && full - expected < ((uint64_t)1 << 24))
-            skip_rt(c, full - expected);
+        if (full > expected && full - expected < ((uint64_t)1 << 24)) {
+            skip_rt(c, (int64_t)(full - expected));
+            c->skipped_frames += full - expected;
+        }
     }
+    uint32_t held;
+    uint64_t v = timeline_rt(c, client, full, n, &held);
     uint32_t s = c->seq;
     STORE_REL(&c->seq, s + 1);
-    c->cyc_frames = full;
-    c->cyc_usecs = usecs;
-    c->cyc_next_usecs = next_usecs;
+    c->cyc_frames = v;
+    c->cyc_held = held;
+    c->cyc_usecs = (uint64_t)llround(c->tl_usecs);
+    c->cyc_next_usecs = (uint64_t)llround(c->tl_usecs + (double)n * c->tl_us_per_frame);
     c->cyc_nframes = n;
     c->cyc_capture_rd = c->capture_rd;
     c->cyc_playback_wr = c->playback_wr;
@@ -225,7 +313,8 @@ uint64_t cb_load(uint64_t *where)
 
 int cb_read_cycle(cb_core *core, uint64_t *out)
 {
-    /* out: frames, usecs, next_usecs, nframes, capture_rd, playback_wr. 0 = consistent copy. */
+    /* out: frames, usecs, next_usecs, nframes, capture_rd, playback_wr. 0 = a consistent copy
+       of a cycle whose time is known; -1 = none yet, or the last one is held. */
     for (int attempt = 0; attempt < 8; attempt++) {
         uint32_t s1 = LOAD_ACQ(&core->seq);
         if (s1 & 1)
@@ -236,9 +325,10 @@ int cb_read_cycle(cb_core *core, uint64_t *out)
         out[3] = core->cyc_nframes;
         out[4] = core->cyc_capture_rd;
         out[5] = core->cyc_playback_wr;
+        uint32_t held = core->cyc_held;
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
         if (LOAD_ACQ(&core->seq) == s1)
-            return core->cycles ? 0 : -1;
+            return (core->cycles && !held) ? 0 : -1;
     }
     return -1;
 }
@@ -269,7 +359,7 @@ int cb_rt_priority(void *client)
 
 ffibuilder = cffi.FFI()
 ffibuilder.cdef(CDEF)
-ffibuilder.set_source("cardbridge.engine._rtcore", SOURCE, libraries=["jack"],
+ffibuilder.set_source("cardbridge.engine._rtcore", SOURCE, libraries=["jack", "m"],
                       extra_compile_args=["-O2", "-Wall"])
 
 if __name__ == "__main__":

@@ -1,0 +1,78 @@
+"""The rings follow the card's clock when the JACK server loses time.
+
+A JACK dummy server that wakes up late (stopped, or a host that took the CPU away) starts its
+next cycle late without moving its frame counter on: JACK's clock lost that time. A card does
+not stop meanwhile, so the compiled process callback skips the frames of the lost time, as it
+does for skipped cycles, and the ring counters keep the pace of real time. Without it, every such
+hiccup of the server moved the rings out of phase with the card and the bridge had to re-sync.
+
+Runs in the pytest process: a JackSide (the worker's JACK client and rings) on a real jackd.
+"""
+
+import os
+import signal
+import time
+
+import pytest
+
+from cardbridge.engine.jackside import JackSide
+
+RATE = 48000
+PERIOD = 256
+
+
+def counters(side: JackSide) -> tuple[float, int, int, int]:
+    """(now, JACK's own frame count, the timeline's frame count, capture ring read position)."""
+    for _ in range(100):
+        cyc = side.read_cycle_rt()
+        if cyc is not None:
+            break
+        time.sleep(0.001)
+    assert cyc is not None
+    return time.monotonic(), int(cyc[0]) - side.core.lost_frames, int(cyc[0]), int(cyc[4])
+
+
+def test_ring_counters_keep_real_time_when_jack_loses_time(jack_server):
+    side = JackSide("clockcheck", jack_server.name, 2, 2, "clockcheck")
+    side.open()
+    try:
+        side.activate()
+        time.sleep(1.0)
+        t0, jack0, line0, rd0 = counters(side)
+        times0 = side.core.lost_times
+        for _ in range(4):
+            os.kill(jack_server.pid, signal.SIGSTOP)
+            time.sleep(0.06)
+            os.kill(jack_server.pid, signal.SIGCONT)
+            time.sleep(0.5)
+        t1, jack1, line1, rd1 = counters(side)
+        times = side.core.lost_times - times0
+    finally:
+        side.close()
+    real = (t1 - t0) * RATE
+    lost = real - (jack1 - jack0)
+    if lost < 4 * 0.03 * RATE:
+        pytest.skip(f"this jackd caught up after its stops (lost only {lost:.0f} frames)")
+    assert times >= 4
+    # the timeline and the capture ring were read at the pace of real time, within a few periods
+    # of sampling them (at cycle starts) and of the timeline's own filtering
+    assert abs((line1 - line0) - real) < 4 * PERIOD, (line1 - line0, real, lost)
+    assert abs((rd1 - rd0) - real) < 4 * PERIOD, (rd1 - rd0, real, lost)
+
+
+def test_timeline_follows_a_quiet_server(jack_server):
+    """No stall: the timeline is JACK's frame count, nothing is skipped."""
+    side = JackSide("clockquiet", jack_server.name, 1, 1, "clockquiet")
+    side.open()
+    try:
+        side.activate()
+        time.sleep(1.0)
+        _, jack0, line0, _ = counters(side)
+        time.sleep(2.0)
+        _, jack1, line1, _ = counters(side)
+        xruns = jack_server.log_path.read_text(errors="replace").count("Process XRun")
+    finally:
+        side.close()
+    if xruns:
+        pytest.skip("the machine stalled the JACK server")
+    assert line1 - line0 == jack1 - jack0
