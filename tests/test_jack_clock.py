@@ -29,7 +29,7 @@ def counters(side: JackSide) -> tuple[float, int, int, int]:
             break
         time.sleep(0.001)
     assert cyc is not None
-    return time.monotonic(), int(cyc[0]) - side.core.lost_frames, int(cyc[0]), int(cyc[4])
+    return time.monotonic(), int(side.core.jack_frames), int(cyc[0]), int(cyc[4])
 
 
 def test_ring_counters_keep_real_time_when_jack_loses_time(jack_server):
@@ -53,7 +53,7 @@ def test_ring_counters_keep_real_time_when_jack_loses_time(jack_server):
     lost = real - (jack1 - jack0)
     if lost < 4 * 0.03 * RATE:
         pytest.skip(f"this jackd caught up after its stops (lost only {lost:.0f} frames)")
-    assert times >= 4
+    assert times >= 4, (times, lost, side.core.lost_frames, side.core.skipped_frames)
     # the timeline and the capture ring were read at the pace of real time, within a few periods
     # of sampling them (at cycle starts) and of the timeline's own filtering
     assert abs((line1 - line0) - real) < 4 * PERIOD, (line1 - line0, real, lost)
@@ -70,9 +70,12 @@ def test_timeline_follows_a_quiet_server(jack_server):
         _, jack0, line0, _ = counters(side)
         time.sleep(2.0)
         _, jack1, line1, _ = counters(side)
+        lost = side.core.lost_times
         xruns = jack_server.log_path.read_text(errors="replace").count("Process XRun")
     finally:
         side.close()
     if xruns:
         pytest.skip("the machine stalled the JACK server")
-    assert line1 - line0 == jack1 - jack0
+    assert lost == 0
+    # sampled at different moments of a cycle: JACK's count may be a cycle further
+    assert abs((line1 - line0) - (jack1 - jack0)) <= 256

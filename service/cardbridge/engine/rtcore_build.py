@@ -26,7 +26,7 @@ typedef struct {
     uint64_t playback_rd;        /* written by the ALSA thread */
     uint32_t mute_capture;       /* not streaming: silence on the capture ports, no counting */
     uint32_t seq;                /* cycle record sequence lock (odd while writing) */
-    uint64_t cyc_frames;         /* frame count at its start: JACK's + lost_frames */
+    uint64_t cyc_frames;         /* our frame count at its start (JACK's, plus lost time) */
     uint64_t cyc_usecs;          /* its start on the timeline (us, jack_get_time)  */
     uint64_t cyc_next_usecs;
     uint32_t cyc_nframes;
@@ -48,6 +48,7 @@ typedef struct {
     uint32_t tl_held;            /* the last cycle was held (late or early against the timeline) */
     int64_t lost_frames;         /* frames of time the JACK server lost, skipped in the rings */
     uint64_t lost_times;         /* how often it lost time */
+    uint64_t jack_frames;        /* JACK's frame counter at the last cycle, 64-bit */
 } cb_core;
 
 int cb_install(void *client, cb_core *core);
@@ -104,6 +105,7 @@ typedef struct {
     uint32_t tl_held;
     int64_t lost_frames;
     uint64_t lost_times;
+    uint64_t jack_frames;
 } cb_core;
 
 #define LOAD_ACQ(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
@@ -185,7 +187,7 @@ static uint64_t timeline_rt(cb_core *c, jack_client_t *client, uint64_t frames, 
     jack_nframes_t rate = jack_get_sample_rate(client);
     double nominal = rate ? 1e6 / (double)rate : 1.0;
     double start = (double)jack_get_time() - (double)jack_frames_since_cycle_start(client) * nominal;
-    uint64_t v = frames + (uint64_t)c->lost_frames;
+    uint64_t v = frames;
     *held = 0;
     if (!c->cycles || c->tl_nframes != n) {
         c->tl_nframes = n;
@@ -200,11 +202,6 @@ static uint64_t timeline_rt(cb_core *c, jack_client_t *client, uint64_t frames, 
     double pred = c->tl_usecs + dv * c->tl_us_per_frame;
     double e = start - pred;
     double limit = 0.25 * (double)n * nominal;
-    if (dv <= 0.0) {
-        c->tl_frames = v;
-        c->tl_usecs = start;
-        return v;
-    }
     if (e > limit || e < -limit) {
         if (!c->tl_held) {
             c->tl_held = 1;
@@ -239,21 +236,27 @@ static int process_rt(jack_nframes_t n, void *arg)
 {
     cb_core *c = (cb_core *)arg;
     jack_client_t *client = (jack_client_t *)c->client;
-    jack_nframes_t frames = jack_last_frame_time(client);
-    /* 64-bit frame counter extended from JACK's 32-bit one. */
-    uint64_t prev = c->cyc_frames - (uint64_t)c->lost_frames;
-    uint64_t full = (prev & ~(uint64_t)0xffffffffu) | (uint64_t)frames;
-    if (c->cycles && full < prev)
-        full += (uint64_t)1 << 32;
+    /* JACK's frame counter, extended to 64 bits by its signed advance since the last cycle. */
+    uint32_t frames = jack_last_frame_time(client);
+    int64_t advance = (int32_t)(frames - (uint32_t)c->jack_frames);
+    uint64_t full = c->cycles ? c->jack_frames + (uint64_t)advance : (uint64_t)frames;
+    /* Our count: every cycle moves the rings by its length; cycles JACK skipped (its counter
+       ran further) are skipped in the rings too. A counter that ran less (a cycle called late
+       had already read the next cycle's time) is not followed back: the rings did move. */
+    uint64_t v = c->cyc_frames + c->cyc_nframes;
     if (c->cycles) {
-        uint64_t expected = prev + c->cyc_nframes;
-        if (full > expected && full - expected < ((uint64_t)1 << 24)) {
-            skip_rt(c, (int64_t)(full - expected));
-            c->skipped_frames += full - expected;
+        int64_t gap = advance - (int64_t)c->cyc_nframes;
+        if (gap > 0 && gap < ((int64_t)1 << 24)) {
+            skip_rt(c, gap);
+            c->skipped_frames += (uint64_t)gap;
+            v += (uint64_t)gap;
         }
+    } else {
+        v = full;
     }
+    c->jack_frames = full;
     uint32_t held;
-    uint64_t v = timeline_rt(c, client, full, n, &held);
+    v = timeline_rt(c, client, v, n, &held);
     uint32_t s = c->seq;
     STORE_REL(&c->seq, s + 1);
     c->cyc_frames = v;
