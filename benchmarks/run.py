@@ -194,6 +194,7 @@ def plots(results: list[dict], out: Path) -> None:
     for card in sorted({r["card"] for r in results}):
         fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
         d_lim, e_lim = 2.0, 3.0
+        labelled = set()   # one legend entry per bridge, on its first line that has data
         for r in [r for r in results if r["card"] == card]:
             t = np.array(r["times"])
             d = np.array(r["delays"])
@@ -201,7 +202,8 @@ def plots(results: list[dict], out: Path) -> None:
                 continue
             rel = d - np.median(d[len(d) // 2:])
             err = (d[10:] - d[:-10]) / (10 * RATE) * 1e6
-            label = r["bridge"] if r.get("run", 0) == 0 else None
+            label = None if r["bridge"] in labelled else r["bridge"]
+            labelled.add(r["bridge"])
             ax1.plot(t, rel, color=colours.get(r["bridge"]), label=label, alpha=0.7)
             ax2.plot(t[10:], err, color=colours.get(r["bridge"]), label=label, alpha=0.7)
             d_lim = max(d_lim, min(60.0, 1.2 * float(np.percentile(np.abs(rel[2:]), 98))))
