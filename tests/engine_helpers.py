@@ -34,10 +34,12 @@ def jack_server_xruns(server) -> int:
 
 
 def undisturbed_since(run, before: dict, jack_xruns: int) -> bool:
-    """Neither the bridge (no restart, no card xrun) nor the JACK server (it lost no time) was
-    stalled since `before` (stats) and `jack_xruns` (jack_server_xruns) were taken."""
+    """Neither the bridge (no restart, no card xrun) nor the JACK server (it lost no time, by its
+    log and by the bridge's timeline) was stalled since `before` (stats) and `jack_xruns`
+    (jack_server_xruns) were taken."""
     s = run.stats()
-    return ((s["restarts"], s["xruns"]) == (before["restarts"], before["xruns"])
+    keys = ("restarts", "xruns", "jack_lost")
+    return (tuple(s[k] for k in keys) == tuple(before[k] for k in keys)
             and jack_server_xruns(run.jack_server) == jack_xruns)
 
 

@@ -190,6 +190,7 @@ def test_jack_server_losing_time_does_not_disturb_the_bridge(virtual_cards, brid
     else:
         pytest.skip("the machine stalled the card in each of 3 tries")
     assert jack_server_xruns(jack_server) >= 3
+    assert after["jack_lost"] >= before["jack_lost"] + 3, after   # each stop seen as lost time
     assert after["restarts"] == before["restarts"], after
     assert after["state"] == names.RUNNING, after
     assert abs(after["delay_error"]) < 16.0, after

@@ -25,6 +25,9 @@ The chain, per ALSA period (one call of each):
 
 2. jack_frames_at(t, cycle) — JACK's frame position at time t, linear in the cycle record
    (frames, t_start_us, t_next_us, nframes):  frames + nframes·(t·1e6 − t_start)/(t_next − t_start).
+   The engine's records come from the process callback's own timeline of cycle starts, which
+   counts the time a late JACK server lost (engine/rtcore_build.py), not from JACK's cycle-time
+   DLL, which drags such a loss along for seconds.
 
 3. RatioLoop — the resampling ratio (output rate / input rate of the resampler).
    Input: the delay error E [JACK frames] = measured pipeline content − target, at the boundary.

@@ -594,6 +594,7 @@ class AlsaBridge:
         v[I_DRIFT] = drift
         v[I_DELAY] = err if err is not None else 0.0
         v[I_UNDERRUNS] = self.underruns + core.capture_underruns + core.playback_overruns
+        v[I_JACK_LOST] = core.lost_times
         v[I_LOCKED] = 1.0 if (trimmed and loop.locked) else 0.0
         v[I_HEARTBEAT] = time.monotonic()
         if trimmed and loop.locked:
@@ -608,6 +609,7 @@ I_RATIO = INDEX["ratio"]
 I_DRIFT = INDEX["drift_ppm"]
 I_DELAY = INDEX["delay_error"]
 I_UNDERRUNS = INDEX["underruns"]
+I_JACK_LOST = INDEX["jack_lost"]
 I_LOCKED = INDEX["locked"]
 I_HEARTBEAT = INDEX["heartbeat"]
 I_STATE = INDEX["state"]

@@ -186,7 +186,12 @@ static uint64_t timeline_rt(cb_core *c, jack_client_t *client, uint64_t frames, 
 {
     jack_nframes_t rate = jack_get_sample_rate(client);
     double nominal = rate ? 1e6 / (double)rate : 1.0;
-    double start = (double)jack_get_time() - (double)jack_frames_since_cycle_start(client) * nominal;
+    /* when the driver started this cycle: now, less the frames JACK says have passed since (a
+       count beyond a few cycles is nonsense, e.g. a start time later than now: then use now) */
+    jack_nframes_t since = jack_frames_since_cycle_start(client);
+    if (since > 4 * n)
+        since = 0;
+    double start = (double)jack_get_time() - (double)since * nominal;
     uint64_t v = frames;
     *held = 0;
     if (!c->cycles || c->tl_nframes != n) {

@@ -18,7 +18,7 @@ from .. import names
 FIELDS = (
     "seq", "state", "ratio", "drift_ppm", "delay_error", "capture_latency", "playback_latency",
     "xruns", "underruns", "restarts", "capture_channels", "playback_channels", "rate", "period",
-    "periods", "jack_rate", "jack_period", "locked", "heartbeat", "device_format",
+    "periods", "jack_rate", "jack_period", "locked", "heartbeat", "device_format", "jack_lost",
 )
 INDEX = {name: i for i, name in enumerate(FIELDS)}
 SIZE = len(FIELDS) * 8

@@ -209,6 +209,8 @@ class Bridge:
             "jack_rate": int(snap.get("jack_rate", 0)),
             "locked": bool(snap.get("locked", 0.0)),
             "device_format": snap.get("device_format", ""),
+            # times the JACK server lost time (a late schedule), skipped in the rings
+            "jack_lost": int(snap.get("jack_lost", 0)),
         }
 
     async def _poll_stats(self) -> None:
