@@ -9,6 +9,7 @@ hiccup of the server moved the rings out of phase with the card and the bridge h
 Runs in the pytest process: a JackSide (the worker's JACK client and rings) on a real jackd.
 """
 
+import contextlib
 import os
 import signal
 import time
@@ -16,6 +17,8 @@ import time
 import pytest
 
 from cardbridge.engine.jackside import JackSide
+
+from engine_helpers import jack_server_xruns
 
 RATE = 48000
 PERIOD = 256
@@ -32,12 +35,21 @@ def counters(side: JackSide) -> tuple[float, int, int, int]:
     return time.monotonic(), int(side.core.jack_frames), int(cyc[0]), int(cyc[4])
 
 
-def test_ring_counters_keep_real_time_when_jack_loses_time(jack_server):
-    side = JackSide("clockcheck", jack_server.name, 2, 2, "clockcheck")
+@contextlib.contextmanager
+def active_side(server, name: str):
+    """A duplex JackSide on `server`, activated and given a second to run, closed afterwards."""
+    side = JackSide(name, server.name, 2, 2, name)
     side.open()
     try:
         side.activate()
         time.sleep(1.0)
+        yield side
+    finally:
+        side.close()
+
+
+def test_ring_counters_keep_real_time_when_jack_loses_time(jack_server):
+    with active_side(jack_server, "clockcheck") as side:
         t0, jack0, line0, rd0 = counters(side)
         times0 = side.core.lost_times
         for _ in range(4):
@@ -47,8 +59,6 @@ def test_ring_counters_keep_real_time_when_jack_loses_time(jack_server):
             time.sleep(0.5)
         t1, jack1, line1, rd1 = counters(side)
         times = side.core.lost_times - times0
-    finally:
-        side.close()
     real = (t1 - t0) * RATE
     lost = real - (jack1 - jack0)
     if lost < 4 * 0.03 * RATE:
@@ -62,19 +72,12 @@ def test_ring_counters_keep_real_time_when_jack_loses_time(jack_server):
 
 def test_timeline_follows_a_quiet_server(jack_server):
     """No stall: the timeline is JACK's frame count, nothing is skipped."""
-    side = JackSide("clockquiet", jack_server.name, 1, 1, "clockquiet")
-    side.open()
-    try:
-        side.activate()
-        time.sleep(1.0)
+    with active_side(jack_server, "clockquiet") as side:
         _, jack0, line0, _ = counters(side)
         time.sleep(2.0)
         _, jack1, line1, _ = counters(side)
         lost = side.core.lost_times
-        xruns = jack_server.log_path.read_text(errors="replace").count("Process XRun")
-    finally:
-        side.close()
-    if xruns:
+    if jack_server_xruns(jack_server):
         pytest.skip("the machine stalled the JACK server")
     assert lost == 0
     # sampled at different moments of a cycle: JACK's count may be a cycle further

@@ -181,8 +181,7 @@ static void skip_rt(cb_core *c, int64_t gap)
 #define TL_NARROW_HZ 0.25
 #define TL_MAX_SKIP ((int64_t)1 << 24)
 
-static uint64_t timeline_rt(cb_core *c, jack_client_t *client, uint64_t frames, jack_nframes_t n,
-                            uint32_t *held)
+static uint64_t timeline_rt(cb_core *c, jack_client_t *client, uint64_t frames, jack_nframes_t n)
 {
     jack_nframes_t rate = jack_get_sample_rate(client);
     double nominal = rate ? 1e6 / (double)rate : 1.0;
@@ -193,7 +192,6 @@ static uint64_t timeline_rt(cb_core *c, jack_client_t *client, uint64_t frames, 
         since = 0;
     double start = (double)jack_get_time() - (double)since * nominal;
     uint64_t v = frames;
-    *held = 0;
     if (!c->cycles || c->tl_nframes != n) {
         c->tl_nframes = n;
         c->tl_frames = v;
@@ -210,7 +208,6 @@ static uint64_t timeline_rt(cb_core *c, jack_client_t *client, uint64_t frames, 
     if (e > limit || e < -limit) {
         if (!c->tl_held) {
             c->tl_held = 1;
-            *held = 1;
             c->tl_frames = v;
             c->tl_usecs = pred;
             return v;
@@ -260,12 +257,11 @@ static int process_rt(jack_nframes_t n, void *arg)
         v = full;
     }
     c->jack_frames = full;
-    uint32_t held;
-    v = timeline_rt(c, client, v, n, &held);
+    v = timeline_rt(c, client, v, n);
     uint32_t s = c->seq;
     STORE_REL(&c->seq, s + 1);
     c->cyc_frames = v;
-    c->cyc_held = held;
+    c->cyc_held = c->tl_held;
     c->cyc_usecs = (uint64_t)llround(c->tl_usecs);
     c->cyc_next_usecs = (uint64_t)llround(c->tl_usecs + (double)n * c->tl_us_per_frame);
     c->cyc_nframes = n;
