@@ -45,7 +45,7 @@ typedef struct {
     double tl_usecs;             /* ... and when the driver started that cycle (us) */
     double tl_us_per_frame;      /* the timeline's slope, filtered */
     uint64_t tl_updates;
-    uint32_t tl_held;            /* the last cycle was held (late or early against the timeline) */
+    uint32_t tl_held;            /* cycles held in a row (late or early against the timeline) */
     int64_t lost_frames;         /* frames of time the JACK server lost, skipped in the rings */
     uint64_t lost_times;         /* how often it lost time */
     uint64_t jack_frames;        /* JACK's frame counter at the last cycle, 64-bit */
@@ -173,13 +173,15 @@ static void skip_rt(cb_core *c, int64_t gap)
    for seconds (its frame counter stops while time goes on, and the DLL slews back slowly), and a
    bridge measuring against them would chase that slew. Here the driver's start of each cycle is
    filtered by a DLL of our own; a cycle that starts more than a quarter period off the timeline
-   is held (not measured, not learnt from); if the next one is off as much, the server's schedule
-   moved: the frames of that time are skipped in the rings and the timeline goes on from there,
-   continuous for the ALSA thread. If it is back on time, the held cycle was only late. */
+   is held (not measured, not learnt from); if the next two are off as well, the server's
+   schedule moved (two late wake-ups in a row happen on a busy host without any loss): the
+   frames of that time are skipped in the rings and the timeline goes on from there, continuous
+   for the ALSA thread. If one is back on time, the held cycles were only late. */
 #define TL_WIDE_UPDATES 200     /* about a second at 256/48k */
 #define TL_WIDE_HZ 2.0
 #define TL_NARROW_HZ 0.25
 #define TL_MAX_SKIP ((int64_t)1 << 24)
+#define TL_CONFIRM 2            /* cycles held before a move of the schedule is believed */
 
 static uint64_t timeline_rt(cb_core *c, jack_client_t *client, uint64_t frames, jack_nframes_t n)
 {
@@ -206,8 +208,8 @@ static uint64_t timeline_rt(cb_core *c, jack_client_t *client, uint64_t frames, 
     double e = start - pred;
     double limit = 0.25 * (double)n * nominal;
     if (e > limit || e < -limit) {
-        if (!c->tl_held) {
-            c->tl_held = 1;
+        if (c->tl_held < TL_CONFIRM) {
+            c->tl_held++;
             c->tl_frames = v;
             c->tl_usecs = pred;
             return v;
@@ -261,7 +263,7 @@ static int process_rt(jack_nframes_t n, void *arg)
     uint32_t s = c->seq;
     STORE_REL(&c->seq, s + 1);
     c->cyc_frames = v;
-    c->cyc_held = c->tl_held;
+    c->cyc_held = c->tl_held != 0;
     c->cyc_usecs = (uint64_t)llround(c->tl_usecs);
     c->cyc_next_usecs = (uint64_t)llround(c->tl_usecs + (double)n * c->tl_us_per_frame);
     c->cyc_nframes = n;
