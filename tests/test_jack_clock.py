@@ -11,11 +11,13 @@ Runs in the pytest process: a JackSide (the worker's JACK client and rings) on a
 
 import contextlib
 import os
+import random
 import signal
 import time
 
 import pytest
 
+from cardbridge.engine._rtcore import lib
 from cardbridge.engine.jackside import JackSide
 
 from engine_helpers import jack_server_xruns
@@ -33,6 +35,17 @@ def counters(side: JackSide) -> tuple[float, int, int, int]:
         time.sleep(0.001)
     assert cyc is not None
     return time.monotonic(), int(side.core.jack_frames), int(cyc[0]), int(cyc[4])
+
+
+def timeline_position(side: JackSide) -> float:
+    """Where the timeline says JACK's frame count is now (between two cycle starts)."""
+    for _ in range(100):
+        cyc = side.read_cycle_rt()
+        if cyc is not None:
+            now = lib.cb_now_usecs()
+            return int(cyc[0]) + (now - int(cyc[1])) * RATE / 1e6 - now * RATE / 1e6
+        time.sleep(0.001)
+    raise AssertionError("the timeline held for 100 ms")
 
 
 @contextlib.contextmanager
@@ -68,6 +81,28 @@ def test_ring_counters_keep_real_time_when_jack_loses_time(jack_server):
     # of sampling them (at cycle starts) and of the timeline's own filtering
     assert abs((line1 - line0) - real) < 4 * PERIOD, (line1 - line0, real, lost)
     assert abs((rd1 - rd0) - real) < 4 * PERIOD, (rd1 - rd0, real, lost)
+
+
+def test_skips_do_not_add_up_to_a_drift(jack_server):
+    """Stops from just over a period (the server restarts its schedule a fraction of a period
+    later) to several periods: each is skipped to within a frame, so that forty of them leave the
+    timeline where real time is. A frame too many or too few at each, once a second, would be a
+    drift of 20 ppm that every bridge on this server would learn."""
+    rnd = random.Random(7)
+    with active_side(jack_server, "clockdrift") as side:
+        time.sleep(2.0)            # the timeline leaves its wide start
+        before = timeline_position(side)
+        times0 = side.core.lost_times
+        for _ in range(40):
+            os.kill(jack_server.pid, signal.SIGSTOP)
+            time.sleep(rnd.uniform(0.006, 0.03))
+            os.kill(jack_server.pid, signal.SIGCONT)
+            time.sleep(rnd.uniform(0.35, 0.6))
+        after = timeline_position(side)
+        times = side.core.lost_times - times0
+    assert times >= 20, times
+    # relative to real time, in frames (at 48 kHz a frame is 21 us)
+    assert abs(after - before) < 24, (after - before, times)
 
 
 def test_timeline_follows_a_quiet_server(jack_server):

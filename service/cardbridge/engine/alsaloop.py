@@ -308,10 +308,13 @@ class AlsaBridge:
                                  self.r_p0 * learnt)
         self.codec_p = SampleCodec(self.pb_params, period)
         self.rs_p = samplerate.Resampler(converter, self.n_playback)
-        # Duplex: the capture read is the wait, so leave room for one period plus half a period
-        # of phase between the two streams; playback only: the blocking write is the wait.
+        # Duplex: the capture read is the wait, and playback starts with the first write, at a
+        # capture boundary: each write then comes one period after the last, and the buffer is
+        # left full but for the margin (a card's pointer may move in steps), so that this
+        # thread may be late by almost a period before the card runs dry. Playback only: the
+        # blocking write is the wait.
         if self.cap is not None:
-            self.prefill = self.bufsize - period // 2
+            self.prefill = self.bufsize - self.margin
         else:
             self.prefill = self.bufsize
         self.target_p = (self.prefill + self.withheld) / self.r_p0 + self.margin

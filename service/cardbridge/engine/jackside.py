@@ -1,8 +1,8 @@
 """JACK side of a bridge worker: the JACK client, its ports, and the compiled real-time core.
 
 Runs in the bridge worker process. `JackSide.open()`/`close()` run in the worker's control
-thread; the process and latency callbacks are C code in `_rtcore` (JACK's threads, no GIL); the
-Python callbacks registered here (shutdown, buffer size, sample rate, xrun) run in JACK's
+thread; the process, latency and xrun callbacks are C code in `_rtcore` (JACK's threads, no GIL); the
+Python callbacks registered here (shutdown, buffer size, sample rate) run in JACK's
 non-real-time notification thread and only set flags.
 """
 
@@ -55,9 +55,9 @@ class JackEvents:
         self.blocksize = 0
         self.samplerate = 0
         self.changed = threading.Event()   # blocksize or samplerate changed: resync
-        # No xrun callback: it would take the GIL in JACK's notification thread (not real-time)
-        # right when the server is late, and the ALSA thread then waits for the GIL: measured
-        # card xruns after every JACK server stall. The process callback sees lost time itself.
+        # No xrun callback in Python: it would take the GIL in JACK's notification thread right
+        # when the server is late, and the ALSA thread would wait for it (measured: card xruns
+        # after every JACK server stall). The compiled core counts the server's xruns itself.
 
 
 class JackSide:
