@@ -26,26 +26,28 @@ RATE = 48000
 PERIOD = 256
 
 
-def counters(side: JackSide) -> tuple[float, int, int, int]:
-    """(now, JACK's own frame count, the timeline's frame count, capture ring read position)."""
-    for _ in range(100):
+def last_cycle(side: JackSide):
+    """The record of the last cycle, waiting while the timeline holds it: after a move of the
+    server's schedule it does for a quarter second more (the move is checked), up to 0.6 s."""
+    for _ in range(1000):
         cyc = side.read_cycle_rt()
         if cyc is not None:
-            break
+            return cyc
         time.sleep(0.001)
-    assert cyc is not None
+    raise AssertionError("the timeline held the cycle record for a second")
+
+
+def counters(side: JackSide) -> tuple[float, int, int, int]:
+    """(now, JACK's own frame count, the timeline's frame count, capture ring read position)."""
+    cyc = last_cycle(side)
     return time.monotonic(), int(side.core.jack_frames), int(cyc[0]), int(cyc[4])
 
 
 def timeline_position(side: JackSide) -> float:
-    """Where the timeline says JACK's frame count is now (between two cycle starts)."""
-    for _ in range(100):
-        cyc = side.read_cycle_rt()
-        if cyc is not None:
-            now = lib.cb_now_usecs()
-            return int(cyc[0]) + (now - int(cyc[1])) * RATE / 1e6 - now * RATE / 1e6
-        time.sleep(0.001)
-    raise AssertionError("the timeline held for 100 ms")
+    """Where the timeline says JACK's frame count is now, less real time (both in frames)."""
+    cyc = last_cycle(side)
+    now = lib.cb_now_usecs()
+    return int(cyc[0]) + (now - int(cyc[1])) * RATE / 1e6 - now * RATE / 1e6
 
 
 @contextlib.contextmanager
