@@ -53,8 +53,9 @@ BRIDGES = tuple(os.environ.get("BENCH_BRIDGES", ",".join(KINDS)).split(","))
 
 # -- report -------------------------------------------------------------------------------------------
 
-SUMMARY_KEYS = ("lock_10ppm_s", "lock_2ppm_s", "ratio_err_median_ppm", "ratio_err_p95_ppm",
-                "delay_pp_frames", "delay_mad_frames", "round_trip_frames",
+SUMMARY_KEYS = ("lock_10ppm_s", "lock_2ppm_s", "lock_2ppm_trend_s", "ratio_err_median_ppm",
+                "ratio_err_p95_ppm", "delay_pp_frames", "delay_mad_frames", "odd_clicks",
+                "round_trip_frames",
                 "reported_latency_frames", "cpu_percent", "rss_mb", "jack_xruns")
 
 
@@ -77,8 +78,11 @@ def loop_report(results: list[dict], meta: dict) -> list[str]:
     lines = [f"Machine: {meta['machine']}; {meta['runs']} run(s) per bridge and card, "
              f"{meta['seconds']:.0f} s each; JACK dummy {RATE} Hz / {PERIOD}, ALSA period {PERIOD} × 2. "
              "Values: median [min–max]. Lock times from the click series (10 s windows of the "
-             "round-trip delay's drift, so 10.5 s is the earliest measurable); round trip "
-             "includes both directions of each bridge.", ""]
+             "round-trip delay's drift, so 10.5 s is the earliest measurable): lock_2ppm_s from "
+             "the window's two end clicks, lock_2ppm_trend_s from the median of its pairwise "
+             "slopes (one odd click does not count as ten seconds of ratio error). odd_clicks: "
+             "clicks in the second half more than a frame from the median of the 11 around "
+             "them. Round trip includes both directions of each bridge.", ""]
     cards = sorted({r["card"] for r in results})
     for card in cards:
         rows = {k: [r for r in results if r["card"] == card and r["bridge"] == k] for k in BRIDGES}
@@ -140,6 +144,42 @@ def kind_table(title: str, note: str, rows: list[dict], keys: tuple) -> list[str
             + (["", "Broke down (still measured): " + "; ".join(broken)] if broken else []) + [""])
 
 
+def scale_report(rows: list[dict]) -> list[str]:
+    """Xruns, survivors and CPU per bridge count and period; then, per period and count, whether
+    every cardbridge bridge ran with JACK xruns no higher than zita's at the same count."""
+    kinds = [k for k in BRIDGES if any(r["bridge"] == k for r in rows)]
+    seconds = sorted({r["seconds"] for r in rows if r.get("seconds")})
+    lines = ["### Scale", "",
+             f"Duplex bridges of one kind on one server, {'/'.join(f'{s:.0f}' for s in seconds)} s "
+             "per configuration after 15 s of start-up: JACK xruns seen by a measuring client, "
+             "bridges still alive, CPU of all bridge processes.", "",
+             "| bridges | period | " + " | ".join(f"{k}" for k in kinds) + " |",
+             "|---|---|" + "---|" * len(kinds)]
+    found = {(r["count"], r["period"], r["bridge"]): r for r in rows}
+    for count, period in sorted({(r["count"], r["period"]) for r in rows},
+                                key=lambda cp: (-cp[1], cp[0])):
+        cells = []
+        for k in kinds:
+            r = found.get((count, period, k))
+            cells.append("–" if r is None else r.get("failed") or
+                         f"{r['jack_xruns']} xruns, {r['alive']}/{count} alive, "
+                         f"{r['cpu_percent']:.0f} % CPU")
+        lines.append(f"| {count} | {period} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for period in sorted({r["period"] for r in rows}, reverse=True):
+        verdict = []
+        for count in sorted({r["count"] for r in rows if r["period"] == period}):
+            ours, peer = found.get((count, period, "cardbridge")), found.get((count, period, "zita"))
+            if not (ours and peer) or ours.get("jack_xruns") is None:
+                continue
+            fine = ours["alive"] == count and ours["jack_xruns"] <= (peer.get("jack_xruns") or 0)
+            verdict.append(f"{count} {'yes' if fine else 'no'}")
+        if verdict:
+            lines.append(f"Period {period}: all cardbridge bridges alive with JACK xruns no higher "
+                         f"than zita's at the same count: {', '.join(verdict)}.")
+    return lines + [""]
+
+
 def report(data: dict, out: Path) -> str:
     meta = data["meta"]
     lines = loop_report(data["results"], meta)
@@ -164,16 +204,7 @@ def report(data: dict, out: Path) -> str:
                             "JACK xruns seen by a measuring client; CPU of all bridge processes.",
                             block["rows"], ("jack_xruns", "alive", "cpu_percent"))
     if data.get("scale"):
-        lines += ["### Scale", "", "| bridges | period | " + " | ".join(
-            f"{k} xruns" for k in BRIDGES) + " |", "|---|---|" + "---|" * len(BRIDGES)]
-        for (count, period) in sorted({(r["count"], r["period"]) for r in data["scale"]}):
-            cells = []
-            for k in BRIDGES:
-                r = [x for x in data["scale"] if (x["count"], x["period"], x["bridge"])
-                     == (count, period, k)]
-                cells.append(f"{r[0]['jack_xruns']} ({r[0]['alive']} alive)" if r else "–")
-            lines.append(f"| {count} | {period} | " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += scale_report(data["scale"])
     for key, title in (("control_plane", "Control plane (cardbridge only)"),
                        ("hotplug", "Hotplug (cardbridge only)")):
         if data.get(key):
@@ -233,6 +264,14 @@ def cardbridge_only(name: str, **kwargs) -> dict | None:
         return {"failed": str(exc)}
 
 
+def reanalyse(results: list[dict]) -> None:
+    """Recompute the click figures of stored runs from their click series (for figures added
+    to the analysis after the runs were made)."""
+    for r in results:
+        if len(r.get("delays", ())) >= 25:
+            r.update(scenarios.analyse_clicks(np.array(r["times"]), np.array(r["delays"]), RATE))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true",
@@ -254,6 +293,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.replot:
         data = json.loads((Path(args.replot) / "results.json").read_text())
+        reanalyse(data["results"])
         print(report(data, Path(args.replot)))
         plots(data["results"], Path(args.replot))
         return 0
@@ -279,6 +319,7 @@ def main(argv=None) -> int:
     data = {"meta": meta, "results": [], "tone": [], "stalls": [], "many": [], "scale": []}
     if args.merge:
         data = json.loads((Path(args.merge) / "results.json").read_text())
+        reanalyse(data["results"])
         earlier = data["meta"]
         meta["merged"] = {"from": earlier.get("argv"), "machine": earlier.get("machine"),
                           "kept": sorted(k for k in ("loop", "tone", "stalls", "many",

@@ -97,31 +97,50 @@ def click_delays(send: dict, recv: dict, rate: int) -> tuple[np.ndarray, np.ndar
     return np.array(times), np.array(delays)
 
 
+def trend_ppm(times: np.ndarray, delays: np.ndarray, rate: int, window: int) -> np.ndarray:
+    """The delay's drift over each `window` clicks as the median of its pairwise slopes
+    (Theil–Sen), in ppm: the window's mean ratio, read without letting one odd click (a
+    transient at a JACK xrun) count as a ratio error for the ten seconds it takes part in."""
+    pairs = [(j, k) for j in range(window + 1) for k in range(j + 1, window + 1)]
+    j, k = np.array(pairs).T
+    out = np.empty(len(delays) - window)
+    for i in range(len(out)):
+        d, t = delays[i:i + window + 1], times[i:i + window + 1]
+        out[i] = np.median((d[k] - d[j]) / (t[k] - t[j]))
+    return out / rate * 1e6
+
+
 def analyse_clicks(times: np.ndarray, delays: np.ndarray, rate: int) -> dict:
     if len(delays) < 25:
         return {"clicks": int(len(delays))}
     window = 10
     err = (delays[window:] - delays[:-window]) / (window * rate) * 1e6   # ppm over 10 s
+    trend = trend_ppm(times, delays, rate, window)
     t_err = times[window:]
 
-    def lock_time(limit):
-        bad = np.nonzero(np.abs(err) > limit)[0]
+    def lock_time(series, limit):
+        bad = np.nonzero(np.abs(series) > limit)[0]
         if len(bad) == 0:
             return float(t_err[0])
-        if bad[-1] == len(err) - 1:
+        if bad[-1] == len(series) - 1:
             return None
         return float(t_err[bad[-1] + 1])
 
-    tail = delays[len(delays) // 2:]
+    half = len(delays) // 2
+    tail = delays[half:]
     tail_err = np.abs(err[len(err) // 2:])
+    # an odd click: more than a frame away from the median of the 11 clicks around it
+    local = np.array([np.median(delays[max(i - 5, 0):i + 6]) for i in range(half, len(delays))])
     return {
         "clicks": int(len(delays)),
-        "lock_10ppm_s": lock_time(10.0),
-        "lock_2ppm_s": lock_time(2.0),
+        "lock_10ppm_s": lock_time(err, 10.0),
+        "lock_2ppm_s": lock_time(err, 2.0),
+        "lock_2ppm_trend_s": lock_time(trend, 2.0),
         "ratio_err_median_ppm": float(np.median(tail_err)),
         "ratio_err_p95_ppm": float(np.percentile(tail_err, 95)),
         "delay_pp_frames": float(tail.max() - tail.min()),
         "delay_mad_frames": float(np.median(np.abs(tail - np.median(tail)))),
+        "odd_clicks": int(np.sum(np.abs(tail - local) > 1.0)),
         "round_trip_frames": float(np.median(tail)),
     }
 
