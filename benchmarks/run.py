@@ -283,6 +283,8 @@ def main(argv=None) -> int:
                    help="how long 4 bridges of each kind run side by side")
     p.add_argument("--scale", type=float, default=0.0, metavar="SECONDS",
                    help="also run 2/4/6/8 bridges at 256 and 128 frames for SECONDS each")
+    p.add_argument("--scale-counts", default="2,4,6,8",
+                   help="comma-separated bridge counts for --scale")
     p.add_argument("--only", default="loop,tone,stalls,many,control,hotplug",
                    help="comma-separated scenarios to run")
     p.add_argument("--out", default=None)
@@ -374,7 +376,7 @@ def main(argv=None) -> int:
         data["many"].append(block)
     if args.scale:
         for period in (256, 128):
-            for count in (2, 4, 6, 8):
+            for count in map(int, args.scale_counts.split(",")):
                 for kind in BRIDGES:
                     print(f"scale: {count} × {kind} at {period} …", flush=True)
                     data["scale"].append(scenarios.measure_many(
