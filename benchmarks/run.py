@@ -28,6 +28,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import sys
@@ -152,7 +153,8 @@ def scale_report(rows: list[dict]) -> list[str]:
     lines = ["### Scale", "",
              f"Duplex bridges of one kind on one server, {'/'.join(f'{s:.0f}' for s in seconds)} s "
              "per configuration after 15 s of start-up: JACK xruns seen by a measuring client, "
-             "bridges still alive, CPU of all bridge processes.", "",
+             "bridges still alive, CPU of all bridge processes, bridges that broke down (still "
+             "running; the reasons are in results.json).", "",
              "| bridges | period | " + " | ".join(f"{k}" for k in kinds) + " |",
              "|---|---|" + "---|" * len(kinds)]
     found = {(r["count"], r["period"], r["bridge"]): r for r in rows}
@@ -161,9 +163,10 @@ def scale_report(rows: list[dict]) -> list[str]:
         cells = []
         for k in kinds:
             r = found.get((count, period, k))
+            broken = len(re.findall(r"bridge \d+:", (r or {}).get("broke_down") or ""))
             cells.append("–" if r is None else r.get("failed") or
                          f"{r['jack_xruns']} xruns, {r['alive']}/{count} alive, "
-                         f"{r['cpu_percent']:.0f} % CPU")
+                         f"{r['cpu_percent']:.0f} % CPU" + (f", {broken} broke down" if broken else ""))
         lines.append(f"| {count} | {period} | " + " | ".join(cells) + " |")
     lines.append("")
     for period in sorted({r["period"] for r in rows}, reverse=True):
