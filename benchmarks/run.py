@@ -145,6 +145,18 @@ def kind_table(title: str, note: str, rows: list[dict], keys: tuple) -> list[str
             + (["", "Broke down (still measured): " + "; ".join(broken)] if broken else []) + [""])
 
 
+def scale_cell(r: dict | None, count: int) -> str:
+    """One kind at one count: xruns, survivors, CPU and how many bridges broke down (counted
+    from measure_many's "bridge i: why; …" text)."""
+    if r is None:
+        return "–"
+    if r.get("failed"):
+        return r["failed"]
+    broken = len(re.findall(r"bridge \d+:", r.get("broke_down") or ""))
+    return (f"{r['jack_xruns']} xruns, {r['alive']}/{count} alive, {r['cpu_percent']:.0f} % CPU"
+            + (f", {broken} broke down" if broken else ""))
+
+
 def scale_report(rows: list[dict]) -> list[str]:
     """Xruns, survivors and CPU per bridge count and period; then, per period and count, whether
     every cardbridge bridge ran with JACK xruns no higher than zita's at the same count."""
@@ -162,11 +174,7 @@ def scale_report(rows: list[dict]) -> list[str]:
                                 key=lambda cp: (-cp[1], cp[0])):
         cells = []
         for k in kinds:
-            r = found.get((count, period, k))
-            broken = len(re.findall(r"bridge \d+:", (r or {}).get("broke_down") or ""))
-            cells.append("–" if r is None else r.get("failed") or
-                         f"{r['jack_xruns']} xruns, {r['alive']}/{count} alive, "
-                         f"{r['cpu_percent']:.0f} % CPU" + (f", {broken} broke down" if broken else ""))
+            cells.append(scale_cell(found.get((count, period, k)), count))
         lines.append(f"| {count} | {period} | " + " | ".join(cells) + " |")
     lines.append("")
     for period in sorted({r["period"] for r in rows}, reverse=True):
