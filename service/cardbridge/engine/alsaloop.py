@@ -23,7 +23,6 @@ flight plus a safety margin; they are also the latencies reported to JACK.
 
 from __future__ import annotations
 
-import math
 import os
 import select
 import threading
@@ -36,17 +35,16 @@ from .. import names
 from ..drift import PeriodDLL, RatioLoop, jack_frames_at
 from ..headroom import Headroom
 from ._rtcore import ffi, lib
-from .jackside import RING_FRAMES, JackSide
-from .pcmio import FORMATS, DeviceError, DeviceGone, SampleCodec, classify, open_pcm
+from .jackside import JackSide
+from .pcmio import FORMAT_CODES, DeviceError, DeviceGone, classify, open_pcm
+from .periodpath import ResamplerError, SidePath
 from .stats import INDEX, STATE_CODES, StatsSlot
 
 import alsaaudio
 
 CONVERTERS = {"best": "sinc_best", "medium": "sinc_medium", "fastest": "sinc_fastest",
               "linear": "linear"}
-RING_MASK = RING_FRAMES - 1
 SYNC_SECONDS = 0.25       # DLL settling before the initial trim (USB cards need ~0.25 s)
-FORMAT_INDEX = {name: i + 1 for i, (name, _, _) in enumerate(FORMATS)}
 
 _lags: dict[str, tuple[float, float]] = {}
 
@@ -140,10 +138,10 @@ class AlsaBridge:
         self.underruns = 0
         self.fatal: str | None = None
         self.cap = self.pb = None
+        self.path_c = self.path_p = None   # the C per-period path of each direction
         core = jack_side.core
         self.p_cap_wr = ffi.addressof(core, "capture_wr")
         self.p_pb_rd = ffi.addressof(core, "playback_rd")
-        self.p_pb_wr = ffi.addressof(core, "playback_wr")
         self.thread = threading.Thread(target=self.run, name=f"alsa-{spec.client_name}", daemon=True)
 
     # -- control side -------------------------------------------------------------------------
@@ -190,7 +188,7 @@ class AlsaBridge:
                 self.jack.core.mute_capture = 1
                 self._pause(backoff)
                 backoff = min(backoff * 1.5, 1.0)
-            except DeviceError as exc:
+            except (DeviceError, ResamplerError) as exc:
                 self._close()
                 self.notes.append(f"device error: {exc}")
                 self._set_state(names.FAILED)
@@ -225,6 +223,12 @@ class AlsaBridge:
         self.rate = rate
 
     def _close(self) -> None:
+        for attr in ("path_c", "path_p"):
+            path = getattr(self, attr)
+            setattr(self, attr, None)
+            if path is not None:
+                self.underruns += path.side.underruns
+                path.close()
         for attr in ("cap", "pb"):
             pcm = getattr(self, attr)
             setattr(self, attr, None)
@@ -270,15 +274,15 @@ class AlsaBridge:
                        period=self.period, periods=params.periods, jack_rate=fj,
                        jack_period=ev.blocksize, capture_channels=self.n_capture,
                        playback_channels=self.n_playback,
-                       device_format=FORMAT_INDEX.get(params.format_name, 0))
+                       device_format=FORMAT_CODES.get(params.format_name, 0))
         self._loop_rt()
 
     def _capture_setup(self, converter, fj, fd, learnt, n_jack) -> None:
         self.r_c0 = fj / fd
         self.loop_c = self._loop(self.loop_c, self.r_c0, fd, fj, n_jack, "capture",
                                  self.r_c0 / learnt)
-        self.codec_c = SampleCodec(self.cap_params, self.period)
-        self.rs_c = samplerate.Resampler(converter, self.n_capture)
+        self.path_c = SidePath(self.jack.core, self.cap_params, converter, self.period,
+                               self.r_c0)
         # A buffer of more than two periods lets this thread be late by more than a period
         # without a card xrun; the ring must then hold that much more for JACK to read meanwhile.
         late_ok = max(0, self.bufsize // self.period - 2) * self.period
@@ -306,8 +310,6 @@ class AlsaBridge:
         self.r_p0 = fd / fj
         self.loop_p = self._loop(self.loop_p, self.r_p0, fd, fj, n_jack, "playback",
                                  self.r_p0 * learnt)
-        self.codec_p = SampleCodec(self.pb_params, period)
-        self.rs_p = samplerate.Resampler(converter, self.n_playback)
         # Duplex: the capture read is the wait, and playback starts with the first write, at a
         # capture boundary: each write then comes one period after the last, and the buffer is
         # left full but for the margin (a card's pointer may move in steps), so that this
@@ -318,10 +320,8 @@ class AlsaBridge:
         else:
             self.prefill = self.bufsize
         self.target_p = (self.prefill + self.withheld) / self.r_p0 + self.margin
-        self.fifo = np.zeros((period * 4, self.n_playback), np.float32)
-        self.fifo_len = 0
-        self.scratch = np.zeros((period * 4, self.n_playback), np.float32)
-        self.u_count = float(self.prefill)
+        self.path_p = SidePath(self.jack.core, self.pb_params, converter, period, self.r_p0,
+                               prefill=self.prefill)
         self.offset_sum = 0.0
         self.offset_n = 0
         self.err_p = None
@@ -332,10 +332,9 @@ class AlsaBridge:
         # start in a known phase (the capture read that starts capture takes a period)
 
     def _prefill(self) -> None:
-        silence = np.zeros((self.prefill, self.n_playback), np.float32)
-        prefill_codec = SampleCodec(self.pb_params, self.prefill)
+        silence = bytes(self.prefill * self.pb_params.channels * self.pb_params.width)  # zeros
         try:
-            res = self.pb.write(prefill_codec.encode_rt(silence))
+            res = self.pb.write(silence)
         except alsaaudio.ALSAAudioError as exc:
             raise classify(exc) from exc
         if res < 0:
@@ -344,11 +343,8 @@ class AlsaBridge:
 
     def _loop_rt(self) -> None:
         jk = self.jack
-        core = jk.core
         ev = jk.events
         cap, pb = self.cap, self.pb
-        dll = self.dll
-        stats = self.stats
         periods_seen = 0
         trimmed = False
         publish_every = max(1, int(self.fd / self.period / 8))
@@ -448,18 +444,9 @@ class AlsaBridge:
         raise CardXrun(gap)
 
     def _capture_rt(self, data, cyc, trimmed: bool) -> None:
-        jk = self.jack
-        frames = self.codec_c.decode_rt(data, self.period)
         ratio = self.loop_c.ratio
-        out = self.rs_c.process(frames, ratio)
-        m = out.shape[0]
-        wr = lib.cb_load(self.p_cap_wr)
-        start = wr & RING_MASK
-        first = min(m, RING_FRAMES - start)
-        jk.capture_ring[start:start + first] = out[:first]
-        if m > first:
-            jk.capture_ring[:m - first] = out[first:]
-        lib.cb_capture_commit(jk.core, m)
+        if self.path_c.capture_rt(data, ratio) < 0:
+            self._resync_rt(f"capture resampler: {self.path_c.error}")
         self.v_count += self.period * ratio
         dll = self.dll
         if not dll.ready or cyc is None:
@@ -471,34 +458,6 @@ class AlsaBridge:
             self.loop_c.update(self.err_c)
             if self.loop_c.needs_resync:
                 self._resync_rt(f"capture delay off by {self.err_c:.0f} frames")
-
-    def _pull_rt(self, ratio: float) -> None:
-        """Resample JACK frames from the ring until the fifo holds one device period."""
-        jk = self.jack
-        period = self.period
-        c_pos = lib.cb_load(self.p_pb_rd)
-        w_now = lib.cb_load(self.p_pb_wr)
-        n_ch = self.n_playback
-        while self.fifo_len < period:
-            take = int(math.ceil((period - self.fifo_len) / ratio)) + 1
-            have = w_now - c_pos
-            start = c_pos & RING_MASK
-            first = min(take, RING_FRAMES - start)
-            self.scratch[:first] = jk.playback_ring[start:start + first, :n_ch]
-            if take > first:
-                self.scratch[first:take] = jk.playback_ring[:take - first, :n_ch]
-            if have < take:
-                # JACK has not written these yet: the ring still holds what it wrote one ring
-                # length ago, which must not be played again (a late echo); silence instead
-                self.underruns += 1
-                self.scratch[max(have, 0):take] = 0.0
-            res = self.rs_p.process(self.scratch[:take], ratio)
-            k = res.shape[0]
-            self.fifo[self.fifo_len:self.fifo_len + k] = res
-            self.fifo_len += k
-            lib.cb_playback_consume(jk.core, take)
-            c_pos += take
-            self.u_count += take * ratio
 
     def _playback_rt(self, cyc, trimmed: bool) -> None:
         period = self.period
@@ -523,17 +482,15 @@ class AlsaBridge:
             return
         elif dll.ready and cyc is not None:
             err = self._playback_error_rt(cyc, jack_now())
-        ratio = self.loop_p.ratio
-        self._pull_rt(ratio)
-        payload = self.codec_p.encode_rt(self.fifo[:period])
+        path = self.path_p
+        if path.playback_rt(self.loop_p.ratio) < 0:
+            self._resync_rt(f"playback resampler: {path.error}")
         try:
-            res = self.pb.write(payload)
+            res = self.pb.write(path.payload)
         except alsaaudio.ALSAAudioError as exc:
             raise classify(exc) from exc
         if res < 0:
             self._count_xrun_rt("playback underrun")
-        self.fifo[:self.fifo_len - period] = self.fifo[period:self.fifo_len]
-        self.fifo_len -= period
         self.written += period
         self.err_p = err
         if trimmed and err is not None:
@@ -558,7 +515,8 @@ class AlsaBridge:
         jf = jack_frames_at(self.dll.t1, (cyc[0], cyc[1], cyc[2], cyc[3]))
         w_pos = cyc[5] + (jf - cyc[0])
         c_pos = lib.cb_load(self.p_pb_rd)
-        return (w_pos - c_pos) + (self.u_count - played) / self.loop_p.ratio - self.target_p
+        u_count = self.path_p.side.u_count
+        return (w_pos - c_pos) + (u_count - played) / self.loop_p.ratio - self.target_p
 
     def _trim_rt(self) -> bool:
         """Remove the start-up error at once by moving our own ring positions."""
@@ -596,7 +554,9 @@ class AlsaBridge:
         v[I_RATIO] = loop.ratio
         v[I_DRIFT] = drift
         v[I_DELAY] = err if err is not None else 0.0
-        v[I_UNDERRUNS] = self.underruns + core.capture_underruns + core.playback_overruns
+        pulled_short = self.path_p.side.underruns if self.path_p is not None else 0
+        v[I_UNDERRUNS] = (self.underruns + pulled_short + core.capture_underruns
+                          + core.playback_overruns)
         v[I_JACK_LOST] = core.lost_times
         v[I_LOCKED] = 1.0 if (trimmed and loop.locked) else 0.0
         v[I_HEARTBEAT] = time.monotonic()

@@ -9,7 +9,23 @@ cycles and time the server lost so that ring counters keep the card's pace, and 
 cycle's frame time through a sequence-locked slot that the ALSA thread reads.
 """
 
+import importlib.util
+import os
+
 import cffi
+
+
+def _sibling(name: str):
+    """A module next to this file: the build runs this file as a plain script, outside the
+    package, so a relative import is not possible."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+periodpath_c = _sibling("periodpath_c")
 
 STRUCT = """
 typedef struct {
@@ -78,7 +94,7 @@ void cb_set_mute(cb_core *core, uint32_t mute);
 uint64_t cb_now_usecs(void);
 int cb_recompute_latencies(cb_core *core);
 int cb_rt_priority(void *client);
-"""
+""" + periodpath_c.CDEF
 
 SOURCE = r"""
 #include <stdint.h>
@@ -486,11 +502,11 @@ int cb_rt_priority(void *client)
         return -1;
     return jack_client_real_time_priority((jack_client_t *)client);
 }
-"""
+""" + periodpath_c.SOURCE
 
 ffibuilder = cffi.FFI()
 ffibuilder.cdef(CDEF)
-ffibuilder.set_source("cardbridge.engine._rtcore", SOURCE, libraries=["jack", "m"],
+ffibuilder.set_source("cardbridge.engine._rtcore", SOURCE, libraries=["jack", "m", "dl"],
                       extra_compile_args=["-O2", "-Wall"])
 
 if __name__ == "__main__":

@@ -1,0 +1,310 @@
+"""C source of the ALSA thread's per-period path, compiled into `cardbridge.engine._rtcore`.
+
+The functions here run in the bridge worker's ALSA thread (cffi releases the GIL around each
+call), once or twice per device period: sample conversion between the device's format and
+float32, resampling with libsamplerate, and the transfer between the resampler and the rings of
+the JACK side (`cb_core`, rtcore_build.py). They never allocate, lock or block: every buffer is
+allocated by Python (periodpath.py) before the stream starts.
+
+libsamplerate is the one inside the `samplerate` package (python-samplerate links it in and
+exports its C API): `cb_src_bind` looks its functions up in that already loaded module, so that
+the bridge resamples with exactly the library the project depends on, without the Python call
+and the output array of `Resampler.process` each period.
+"""
+
+SIDE_STRUCT = """
+typedef struct {
+    void *src;                  /* SRC_STATE * of libsamplerate */
+    uint32_t channels;
+    uint32_t format;            /* CB_FORMAT_* */
+    uint32_t period;            /* device frames per period */
+    float *in_buf;              /* resampler input: in_frames x channels */
+    uint32_t in_frames;
+    float *out_buf;             /* resampler output (playback: the fifo of device frames) */
+    uint32_t out_frames;
+    uint32_t fifo_len;          /* playback: device frames waiting in `out` */
+    char *bytes;                /* playback: one period in the device's format */
+    double u_count;             /* playback: device frames produced, virtual (sum of take x ratio) */
+    uint64_t underruns;         /* playback: pulls that found JACK frames missing */
+    int error;                  /* the last libsamplerate error (0: none) */
+} cb_side;
+"""
+
+CDEF = SIDE_STRUCT + """
+int cb_src_bind(const char *module_path);
+int cb_side_open(cb_side *s, int converter);
+void cb_side_close(cb_side *s);
+const char *cb_src_strerror(int error);
+void cb_decode(uint32_t format, const char *src, float *dst, uint64_t samples);
+void cb_encode(uint32_t format, const float *src, char *dst, uint64_t samples);
+int64_t cb_capture_period(cb_core *c, cb_side *s, const char *data, uint32_t frames,
+                          double ratio);
+int64_t cb_playback_period(cb_core *c, cb_side *s, double ratio);
+"""
+
+SOURCE = SIDE_STRUCT + r"""
+#include <dlfcn.h>
+
+/* The device formats, numbered as pcmio.FORMAT_CODES. */
+#define CB_FLOAT_LE 1
+#define CB_S32_LE 2
+#define CB_S24_3LE 3
+#define CB_S16_LE 4
+
+/* libsamplerate's public ABI (samplerate.h, stable since 0.1) */
+typedef struct {
+    const float *data_in;
+    float *data_out;
+    long input_frames, output_frames;
+    long input_frames_used, output_frames_gen;
+    int end_of_input;
+    double src_ratio;
+} cb_src_data;
+
+static void *(*src_new_fn)(int, int, int *);
+static void *(*src_delete_fn)(void *);
+static int (*src_process_fn)(void *, cb_src_data *);
+static const char *(*src_strerror_fn)(int);
+
+int cb_src_bind(const char *module_path)
+{
+    if (src_process_fn)
+        return 0;
+    void *h = dlopen(module_path, RTLD_NOW | RTLD_NOLOAD);
+    if (!h)
+        return -1;
+    src_new_fn = (void *(*)(int, int, int *))dlsym(h, "src_new");
+    src_delete_fn = (void *(*)(void *))dlsym(h, "src_delete");
+    src_strerror_fn = (const char *(*)(int))dlsym(h, "src_strerror");
+    src_process_fn = (int (*)(void *, cb_src_data *))dlsym(h, "src_process");
+    if (!src_new_fn || !src_delete_fn || !src_strerror_fn || !src_process_fn) {
+        src_process_fn = 0;
+        return -2;
+    }
+    return 0;
+}
+
+int cb_side_open(cb_side *s, int converter)
+{
+    int err = 0;
+    if (!src_process_fn)
+        return -1;
+    s->src = src_new_fn(converter, (int)s->channels, &err);
+    s->error = s->src ? 0 : err;
+    return s->src ? 0 : (err ? err : -1);
+}
+
+void cb_side_close(cb_side *s)
+{
+    if (s->src)
+        src_delete_fn(s->src);
+    s->src = 0;
+}
+
+const char *cb_src_strerror(int error)
+{
+    return src_strerror_fn ? src_strerror_fn(error) : "libsamplerate is not bound";
+}
+
+static inline int32_t le_s24(const unsigned char *b)
+{
+    return (int32_t)((uint32_t)b[0] << 8 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 24) >> 8;
+}
+
+/* Device bytes -> float32, full scale = 2^(bits-1). */
+void cb_decode(uint32_t format, const char *src, float *dst, uint64_t samples)
+{
+    const unsigned char *b = (const unsigned char *)src;
+    switch (format) {
+    case CB_FLOAT_LE:
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        memcpy(dst, src, samples * sizeof(float));
+#else
+        for (uint64_t i = 0; i < samples; i++) {
+            uint32_t u = (uint32_t)b[4 * i] | (uint32_t)b[4 * i + 1] << 8
+                | (uint32_t)b[4 * i + 2] << 16 | (uint32_t)b[4 * i + 3] << 24;
+            memcpy(&dst[i], &u, sizeof(float));
+        }
+#endif
+        break;
+    case CB_S32_LE:
+        for (uint64_t i = 0; i < samples; i++) {
+            int32_t v = (int32_t)((uint32_t)b[4 * i] | (uint32_t)b[4 * i + 1] << 8
+                                  | (uint32_t)b[4 * i + 2] << 16 | (uint32_t)b[4 * i + 3] << 24);
+            dst[i] = (float)((double)v * (1.0 / 2147483648.0));
+        }
+        break;
+    case CB_S24_3LE:
+        for (uint64_t i = 0; i < samples; i++)
+            dst[i] = (float)((double)le_s24(b + 3 * i) * (1.0 / 8388608.0));
+        break;
+    case CB_S16_LE:
+        for (uint64_t i = 0; i < samples; i++) {
+            int16_t v = (int16_t)((uint16_t)b[2 * i] | (uint16_t)b[2 * i + 1] << 8);
+            dst[i] = (float)((double)v * (1.0 / 32768.0));
+        }
+        break;
+    default:
+        memset(dst, 0, samples * sizeof(float));
+    }
+}
+
+/* x scaled to full scale `scale`, rounded to the nearest code, clipped to [lo, hi]; NaN -> 0 */
+static inline int64_t to_code(float x, float scale, int64_t lo, int64_t hi)
+{
+    float v = x * scale;
+    if (!(v == v))
+        return 0;
+    if (v >= (float)hi)
+        return hi;
+    if (v <= (float)lo)
+        return lo;
+    return (int64_t)lrintf(v);
+}
+
+/* float32 -> device bytes, clipped to full scale (+1.0 gives the largest code). */
+void cb_encode(uint32_t format, const float *src, char *dst, uint64_t samples)
+{
+    unsigned char *b = (unsigned char *)dst;
+    switch (format) {
+    case CB_FLOAT_LE:
+        for (uint64_t i = 0; i < samples; i++) {
+            float v = src[i];
+            v = !(v == v) ? 0.0f : v > 1.0f ? 1.0f : v < -1.0f ? -1.0f : v;
+            uint32_t u;
+            memcpy(&u, &v, sizeof u);
+            b[4 * i] = (unsigned char)u;
+            b[4 * i + 1] = (unsigned char)(u >> 8);
+            b[4 * i + 2] = (unsigned char)(u >> 16);
+            b[4 * i + 3] = (unsigned char)(u >> 24);
+        }
+        break;
+    case CB_S32_LE:
+        for (uint64_t i = 0; i < samples; i++) {
+            uint32_t u = (uint32_t)(int32_t)to_code(src[i], 2147483648.0f, -2147483647 - 1,
+                                                    2147483647);
+            b[4 * i] = (unsigned char)u;
+            b[4 * i + 1] = (unsigned char)(u >> 8);
+            b[4 * i + 2] = (unsigned char)(u >> 16);
+            b[4 * i + 3] = (unsigned char)(u >> 24);
+        }
+        break;
+    case CB_S24_3LE:
+        for (uint64_t i = 0; i < samples; i++) {
+            uint32_t u = (uint32_t)(int32_t)to_code(src[i], 8388608.0f, -8388608, 8388607);
+            b[3 * i] = (unsigned char)u;
+            b[3 * i + 1] = (unsigned char)(u >> 8);
+            b[3 * i + 2] = (unsigned char)(u >> 16);
+        }
+        break;
+    case CB_S16_LE:
+        for (uint64_t i = 0; i < samples; i++) {
+            uint32_t u = (uint32_t)(int32_t)to_code(src[i], 32768.0f, -32768, 32767);
+            b[2 * i] = (unsigned char)u;
+            b[2 * i + 1] = (unsigned char)(u >> 8);
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+/* Resample `frames` frames of s->in_buf into s->out_buf + at (room for `room` frames); all the input
+   is taken (libsamplerate keeps what its filter still needs). Returns the frames produced, or
+   -1 with s->error set. */
+static int64_t resample(cb_side *s, uint32_t frames, uint32_t at, uint32_t room, double ratio)
+{
+    uint32_t ch = s->channels;
+    int64_t made = 0;
+    cb_src_data d;
+    d.data_in = s->in_buf;
+    d.input_frames = frames;
+    d.end_of_input = 0;
+    d.src_ratio = ratio;
+    while (d.input_frames > 0) {
+        if ((uint32_t)made >= room) {
+            s->error = -1;
+            return -1;
+        }
+        d.data_out = s->out_buf + (uint64_t)(at + made) * ch;
+        d.output_frames = (long)(room - (uint32_t)made);
+        d.input_frames_used = d.output_frames_gen = 0;
+        int err = src_process_fn(s->src, &d);
+        if (err) {
+            s->error = err;
+            return -1;
+        }
+        made += d.output_frames_gen;
+        if (!d.input_frames_used && !d.output_frames_gen) {
+            s->error = -1;
+            return -1;
+        }
+        d.data_in += (uint64_t)d.input_frames_used * ch;
+        d.input_frames -= d.input_frames_used;
+    }
+    return made;
+}
+
+/* Capture, one device period: decode, resample at `ratio`, append to the capture ring.
+   Returns the JACK frames appended, or -1 (libsamplerate error in s->error). */
+int64_t cb_capture_period(cb_core *c, cb_side *s, const char *data, uint32_t frames, double ratio)
+{
+    uint32_t ch = s->channels;
+    if (frames > s->in_frames)
+        frames = s->in_frames;
+    cb_decode(s->format, data, s->in_buf, (uint64_t)frames * ch);
+    int64_t m = resample(s, frames, 0, s->out_frames, ratio);
+    if (m < 0)
+        return -1;
+    uint64_t wr = c->capture_wr;
+    uint64_t mask = c->capture_size - 1;
+    uint64_t start = wr & mask;
+    uint64_t first = (uint64_t)m < c->capture_size - start ? (uint64_t)m : c->capture_size - start;
+    memcpy(c->capture_ring + start * ch, s->out_buf, first * ch * sizeof(float));
+    memcpy(c->capture_ring, s->out_buf + first * ch, ((uint64_t)m - first) * ch * sizeof(float));
+    STORE_REL(&c->capture_wr, wr + (uint64_t)m);
+    return m;
+}
+
+/* Playback, one device period: resample JACK frames from the playback ring at `ratio` until
+   the fifo holds a period, encode that period into s->bytes and drop it from the fifo. Frames
+   JACK has not written yet are silence (the ring still holds what it wrote a ring length ago,
+   which must not be played again: a late echo), counted in s->underruns. Returns the JACK
+   frames taken, or -1 (libsamplerate error in s->error). */
+int64_t cb_playback_period(cb_core *c, cb_side *s, double ratio)
+{
+    uint32_t ch = s->channels;
+    uint32_t period = s->period;
+    uint64_t mask = c->playback_size - 1;
+    uint64_t c_pos = LOAD_ACQ(&c->playback_rd);
+    uint64_t w_now = LOAD_ACQ(&c->playback_wr);
+    int64_t taken = 0;
+    while (s->fifo_len < period) {
+        uint64_t take = (uint64_t)ceil((double)(period - s->fifo_len) / ratio) + 1;
+        if (take > s->in_frames)
+            take = s->in_frames;
+        int64_t have = (int64_t)(w_now - c_pos);
+        uint64_t start = c_pos & mask;
+        uint64_t first = take < c->playback_size - start ? take : c->playback_size - start;
+        memcpy(s->in_buf, c->playback_ring + start * ch, first * ch * sizeof(float));
+        memcpy(s->in_buf + first * ch, c->playback_ring, (take - first) * ch * sizeof(float));
+        if (have < (int64_t)take) {
+            uint64_t keep = have > 0 ? (uint64_t)have : 0;
+            s->underruns++;
+            memset(s->in_buf + keep * ch, 0, (take - keep) * ch * sizeof(float));
+        }
+        int64_t k = resample(s, (uint32_t)take, s->fifo_len, s->out_frames - s->fifo_len, ratio);
+        if (k < 0)
+            return -1;
+        s->fifo_len += (uint32_t)k;
+        STORE_REL(&c->playback_rd, c_pos + take);
+        c_pos += take;
+        taken += (int64_t)take;
+        s->u_count += (double)take * ratio;
+    }
+    cb_encode(s->format, s->out_buf, s->bytes, (uint64_t)period * ch);
+    s->fifo_len -= period;
+    memmove(s->out_buf, s->out_buf + (uint64_t)period * ch, (uint64_t)s->fifo_len * ch * sizeof(float));
+    return taken;
+}
+"""
