@@ -2,9 +2,11 @@
 
 Runs as its own process (`.venv/bin/python benchmarks/resampler_cost.py [--seconds S]`): two
 stereo resamplers (capture and playback) fed 256-frame blocks at ratios just off 1, as the
-bridge's ALSA thread feeds them at 48 kHz / 256, timed by process CPU time. The rest of a
-bridge's CPU (benchmarks/run.py, loop scenario) is the Python side of the ALSA thread, alsa-lib
-and the card, and the JACK callback.
+bridge's ALSA thread feeds them at 48 kHz / 256, timed by process CPU time (through
+samplerate's Python API, which adds about 3 µs per call; the bridge calls the same library from
+its C path). The rest of a bridge's CPU (benchmarks/run.py, loop scenario) is waiting for and
+reading the card (poll, alsa-lib and the card's plugin), the Python side of the ALSA thread (the
+drift loops) and the JACK callback.
 """
 
 from __future__ import annotations

@@ -122,6 +122,17 @@ def test_playback_plays_silence_not_an_old_ring_lap_when_jack_is_late():
         path.close()
 
 
+def test_a_device_with_other_channels_than_the_ring_is_refused_not_overrun():
+    jack = Core(channels=1)
+    path = SidePath(jack.core, params("capture", channels=2), "linear", PERIOD, 1.0)
+    try:
+        assert path.capture_rt(encode("S16_LE", sine(PERIOD)), 1.0) == -1
+        assert "channel count" in path.error
+        assert jack.core.capture_wr == 0
+    finally:
+        path.close()
+
+
 def test_a_closed_path_can_be_closed_again():
     jack = Core()
     path = SidePath(jack.core, params("capture"), "linear", PERIOD, 1.0)

@@ -221,6 +221,15 @@ class AlsaBridge:
             self.pb, self.pb_params = open_pcm(spec.pcm, "playback", self.n_playback, rate,
                                                spec.period, self.headroom.periods, True)
         self.rate = rate
+        opened = []
+        if self.cap is not None:
+            opened.append((self.cap_params, self.n_capture))
+        if self.pb is not None:
+            opened.append((self.pb_params, self.n_playback))
+        for params, want in opened:
+            if params.channels != want:   # the rings are laid out for the ports' channels
+                raise DeviceError(f"{spec.pcm}: {params.stream} opened with {params.channels} "
+                                  f"channels, not the {want} of the JACK ports")
 
     def _close(self) -> None:
         for attr in ("path_c", "path_p"):

@@ -35,8 +35,11 @@ def bind_libsamplerate() -> None:
 
 
 def _error_text(code: int) -> str:
-    return ffi.string(lib.cb_src_strerror(code)).decode(errors="replace") if code > 0 else \
-        "no room for the resampler's output"
+    if code > 0:
+        return ffi.string(lib.cb_src_strerror(code)).decode(errors="replace")
+    if code == -2:
+        return "the device's channel count differs from the JACK ports'"
+    return "no room for the resampler's output"
 
 
 class SidePath:

@@ -209,9 +209,12 @@ void cb_encode(uint32_t format, const float *src, char *dst, uint64_t samples)
     }
 }
 
-/* Resample `frames` frames of s->in_buf into s->out_buf + at (room for `room` frames); all the input
-   is taken (libsamplerate keeps what its filter still needs). Returns the frames produced, or
-   -1 with s->error set. */
+/* Resample `frames` frames of s->in_buf into s->out_buf + at (room for `room` frames); all the
+   input is taken (libsamplerate keeps what its filter still needs). libsamplerate ramps a new
+   ratio across the output buffer it is given, so each call offers about what the input will
+   make at that ratio (as samplerate's Resampler.process does): the ratio is reached within the
+   period, and the virtual counts of the drift loops (frames x ratio) hold. Returns the frames
+   produced, or -1 with s->error set. */
 static int64_t resample(cb_side *s, uint32_t frames, uint32_t at, uint32_t room, double ratio)
 {
     uint32_t ch = s->channels;
@@ -222,12 +225,18 @@ static int64_t resample(cb_side *s, uint32_t frames, uint32_t at, uint32_t room,
     d.end_of_input = 0;
     d.src_ratio = ratio;
     while (d.input_frames > 0) {
-        if ((uint32_t)made >= room) {
+        long want = (long)ceil((double)d.input_frames * ratio);
+        long left = (long)room - (long)made;
+        if (want < 1)
+            want = 1;
+        if (want > left)
+            want = left;
+        if (want <= 0) {
             s->error = -1;
             return -1;
         }
         d.data_out = s->out_buf + (uint64_t)(at + made) * ch;
-        d.output_frames = (long)(room - (uint32_t)made);
+        d.output_frames = want;
         d.input_frames_used = d.output_frames_gen = 0;
         int err = src_process_fn(s->src, &d);
         if (err) {
@@ -250,6 +259,10 @@ static int64_t resample(cb_side *s, uint32_t frames, uint32_t at, uint32_t room,
 int64_t cb_capture_period(cb_core *c, cb_side *s, const char *data, uint32_t frames, double ratio)
 {
     uint32_t ch = s->channels;
+    if (ch != c->n_capture) {
+        s->error = -2;
+        return -1;
+    }
     if (frames > s->in_frames)
         frames = s->in_frames;
     cb_decode(s->format, data, s->in_buf, (uint64_t)frames * ch);
@@ -276,6 +289,10 @@ int64_t cb_playback_period(cb_core *c, cb_side *s, double ratio)
     uint32_t ch = s->channels;
     uint32_t period = s->period;
     uint64_t mask = c->playback_size - 1;
+    if (ch != c->n_playback) {
+        s->error = -2;
+        return -1;
+    }
     uint64_t c_pos = LOAD_ACQ(&c->playback_rd);
     uint64_t w_now = LOAD_ACQ(&c->playback_wr);
     int64_t taken = 0;
