@@ -63,7 +63,9 @@ class Worker:
     def __init__(self, spec: BridgeSpec, stats: StatsSlot):
         self.spec = spec
         self.stats = stats
-        self.commands: queue.Queue[str] = queue.Queue()
+        # SimpleQueue: put() is reentrant, so the SIGTERM handler may call it while the main
+        # thread is inside get() (a Queue's lock would deadlock the worker for good there)
+        self.commands: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.stopping = False
         self.channels: tuple[int, int] | None = None
         self.jack_side: JackSide | None = None
