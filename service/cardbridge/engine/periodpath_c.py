@@ -106,9 +106,19 @@ const char *cb_src_strerror(int error)
     return src_strerror_fn ? src_strerror_fn(error) : "libsamplerate is not bound";
 }
 
-static inline int32_t le_s24(const unsigned char *b)
+/* Little-endian integers of `bytes` bytes (2, 3 or 4), to and from 32 bits. */
+static inline uint32_t get_le(const unsigned char *p, int bytes)
 {
-    return (int32_t)((uint32_t)b[0] << 8 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 24) >> 8;
+    uint32_t u = 0;
+    for (int k = 0; k < bytes; k++)
+        u |= (uint32_t)p[k] << (8 * k);
+    return u;
+}
+
+static inline void put_le(unsigned char *p, uint32_t u, int bytes)
+{
+    for (int k = 0; k < bytes; k++)
+        p[k] = (unsigned char)(u >> (8 * k));
 }
 
 /* Device bytes -> float32, full scale = 2^(bits-1). */
@@ -117,32 +127,23 @@ void cb_decode(uint32_t format, const char *src, float *dst, uint64_t samples)
     const unsigned char *b = (const unsigned char *)src;
     switch (format) {
     case CB_FLOAT_LE:
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-        memcpy(dst, src, samples * sizeof(float));
-#else
         for (uint64_t i = 0; i < samples; i++) {
-            uint32_t u = (uint32_t)b[4 * i] | (uint32_t)b[4 * i + 1] << 8
-                | (uint32_t)b[4 * i + 2] << 16 | (uint32_t)b[4 * i + 3] << 24;
+            uint32_t u = get_le(b + 4 * i, 4);
             memcpy(&dst[i], &u, sizeof(float));
         }
-#endif
         break;
     case CB_S32_LE:
-        for (uint64_t i = 0; i < samples; i++) {
-            int32_t v = (int32_t)((uint32_t)b[4 * i] | (uint32_t)b[4 * i + 1] << 8
-                                  | (uint32_t)b[4 * i + 2] << 16 | (uint32_t)b[4 * i + 3] << 24);
-            dst[i] = (float)((double)v * (1.0 / 2147483648.0));
-        }
-        break;
-    case CB_S24_3LE:
         for (uint64_t i = 0; i < samples; i++)
-            dst[i] = (float)((double)le_s24(b + 3 * i) * (1.0 / 8388608.0));
+            dst[i] = (float)((double)(int32_t)get_le(b + 4 * i, 4) * (1.0 / 2147483648.0));
+        break;
+    case CB_S24_3LE:   /* placed in the top of 32 bits, so that the shift back keeps the sign */
+        for (uint64_t i = 0; i < samples; i++)
+            dst[i] = (float)((double)((int32_t)(get_le(b + 3 * i, 3) << 8) >> 8)
+                             * (1.0 / 8388608.0));
         break;
     case CB_S16_LE:
-        for (uint64_t i = 0; i < samples; i++) {
-            int16_t v = (int16_t)((uint16_t)b[2 * i] | (uint16_t)b[2 * i + 1] << 8);
-            dst[i] = (float)((double)v * (1.0 / 32768.0));
-        }
+        for (uint64_t i = 0; i < samples; i++)
+            dst[i] = (float)((double)(int16_t)get_le(b + 2 * i, 2) * (1.0 / 32768.0));
         break;
     default:
         memset(dst, 0, samples * sizeof(float));
@@ -162,50 +163,32 @@ static inline int64_t to_code(float x, float scale, int64_t lo, int64_t hi)
     return (int64_t)lrintf(v);
 }
 
-/* float32 -> device bytes, clipped to full scale (+1.0 gives the largest code). */
+/* float32 -> device bytes, clipped to full scale (+1.0 gives the largest code; NaN silence). */
 void cb_encode(uint32_t format, const float *src, char *dst, uint64_t samples)
 {
     unsigned char *b = (unsigned char *)dst;
-    switch (format) {
-    case CB_FLOAT_LE:
-        for (uint64_t i = 0; i < samples; i++) {
-            float v = src[i];
+    for (uint64_t i = 0; i < samples; i++) {
+        float v = src[i];
+        uint32_t u;
+        switch (format) {
+        case CB_FLOAT_LE:
             v = !(v == v) ? 0.0f : v > 1.0f ? 1.0f : v < -1.0f ? -1.0f : v;
-            uint32_t u;
             memcpy(&u, &v, sizeof u);
-            b[4 * i] = (unsigned char)u;
-            b[4 * i + 1] = (unsigned char)(u >> 8);
-            b[4 * i + 2] = (unsigned char)(u >> 16);
-            b[4 * i + 3] = (unsigned char)(u >> 24);
+            put_le(b + 4 * i, u, 4);
+            break;
+        case CB_S32_LE:
+            u = (uint32_t)(int32_t)to_code(v, 2147483648.0f, -2147483647 - 1, 2147483647);
+            put_le(b + 4 * i, u, 4);
+            break;
+        case CB_S24_3LE:
+            put_le(b + 3 * i, (uint32_t)(int32_t)to_code(v, 8388608.0f, -8388608, 8388607), 3);
+            break;
+        case CB_S16_LE:
+            put_le(b + 2 * i, (uint32_t)(int32_t)to_code(v, 32768.0f, -32768, 32767), 2);
+            break;
+        default:
+            return;
         }
-        break;
-    case CB_S32_LE:
-        for (uint64_t i = 0; i < samples; i++) {
-            uint32_t u = (uint32_t)(int32_t)to_code(src[i], 2147483648.0f, -2147483647 - 1,
-                                                    2147483647);
-            b[4 * i] = (unsigned char)u;
-            b[4 * i + 1] = (unsigned char)(u >> 8);
-            b[4 * i + 2] = (unsigned char)(u >> 16);
-            b[4 * i + 3] = (unsigned char)(u >> 24);
-        }
-        break;
-    case CB_S24_3LE:
-        for (uint64_t i = 0; i < samples; i++) {
-            uint32_t u = (uint32_t)(int32_t)to_code(src[i], 8388608.0f, -8388608, 8388607);
-            b[3 * i] = (unsigned char)u;
-            b[3 * i + 1] = (unsigned char)(u >> 8);
-            b[3 * i + 2] = (unsigned char)(u >> 16);
-        }
-        break;
-    case CB_S16_LE:
-        for (uint64_t i = 0; i < samples; i++) {
-            uint32_t u = (uint32_t)(int32_t)to_code(src[i], 32768.0f, -32768, 32767);
-            b[2 * i] = (unsigned char)u;
-            b[2 * i + 1] = (unsigned char)(u >> 8);
-        }
-        break;
-    default:
-        break;
     }
 }
 
