@@ -122,6 +122,18 @@ def test_playback_plays_silence_not_an_old_ring_lap_when_jack_is_late():
         path.close()
 
 
+def test_capture_takes_only_the_whole_frames_it_was_given():
+    jack = Core()
+    path = SidePath(jack.core, params("capture", "S24_3LE"), "linear", PERIOD, 1.0)
+    try:
+        short = encode("S24_3LE", sine(100))[:-1]      # 99 whole frames and a broken one
+        made = path.capture_rt(short, 1.0)
+        assert 0 < made <= 99
+        assert path.capture_rt(encode("S24_3LE", sine(4 * PERIOD)), 1.0) <= PERIOD + 2
+    finally:
+        path.close()
+
+
 def test_a_device_with_other_channels_than_the_ring_is_refused_not_overrun():
     jack = Core(channels=1)
     path = SidePath(jack.core, params("capture", channels=2), "linear", PERIOD, 1.0)

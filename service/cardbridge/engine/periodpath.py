@@ -61,7 +61,6 @@ class SidePath:
             in_frames = int(math.ceil(period / ratio * RATIO_ROOM)) + 8
             out_frames = 4 * period          # the fifo: never more than a period and one pull
         self.core = core
-        self.period = period
         self._in = ffi.new("float[]", in_frames * ch)
         self._out = ffi.new("float[]", out_frames * ch)
         self._bytes = ffi.new("char[]", period * ch * params.width)
@@ -90,8 +89,9 @@ class SidePath:
         return _error_text(self.side.error)
 
     def capture_rt(self, data: bytes, ratio: float) -> int:
-        """One period of device bytes → JACK frames in the capture ring; -1 on a resampler error."""
-        return lib.cb_capture_period(self.core, self.side, data, self.period, ratio)
+        """One period of device bytes → JACK frames in the capture ring (never more than a period,
+        never read past `data`); -1 on a resampler error."""
+        return lib.cb_capture_period(self.core, self.side, data, len(data), ratio)
 
     def playback_rt(self, ratio: float) -> int:
         """One device period from the playback ring into `payload`; -1 on a resampler error."""

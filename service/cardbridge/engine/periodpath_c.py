@@ -37,7 +37,7 @@ void cb_side_close(cb_side *s);
 const char *cb_src_strerror(int error);
 void cb_decode(uint32_t format, const char *src, float *dst, uint64_t samples);
 void cb_encode(uint32_t format, const float *src, char *dst, uint64_t samples);
-int64_t cb_capture_period(cb_core *c, cb_side *s, const char *data, uint32_t frames,
+int64_t cb_capture_period(cb_core *c, cb_side *s, const char *data, uint64_t nbytes,
                           double ratio);
 int64_t cb_playback_period(cb_core *c, cb_side *s, double ratio);
 """
@@ -237,17 +237,22 @@ static int64_t resample(cb_side *s, uint32_t frames, uint32_t at, uint32_t room,
     return made;
 }
 
-/* Capture, one device period: decode, resample at `ratio`, append to the capture ring.
-   Returns the JACK frames appended, or -1 (libsamplerate error in s->error). */
-int64_t cb_capture_period(cb_core *c, cb_side *s, const char *data, uint32_t frames, double ratio)
+static uint32_t sample_width(uint32_t format)
+{
+    return format == CB_S16_LE ? 2 : format == CB_S24_3LE ? 3 : 4;
+}
+
+/* Capture, one device period of `nbytes` bytes: decode, resample at `ratio`, append to the
+   capture ring. Returns the JACK frames appended, or -1 (libsamplerate error in s->error). */
+int64_t cb_capture_period(cb_core *c, cb_side *s, const char *data, uint64_t nbytes, double ratio)
 {
     uint32_t ch = s->channels;
     if (ch != c->n_capture) {
         s->error = -2;
         return -1;
     }
-    if (frames > s->in_frames)
-        frames = s->in_frames;
+    uint64_t whole = nbytes / ((uint64_t)ch * sample_width(s->format));
+    uint32_t frames = whole < s->in_frames ? (uint32_t)whole : s->in_frames;
     cb_decode(s->format, data, s->in_buf, (uint64_t)frames * ch);
     int64_t m = resample(s, frames, 0, s->out_frames, ratio);
     if (m < 0)
