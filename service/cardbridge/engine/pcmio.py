@@ -13,6 +13,7 @@ import alsaaudio
 import numpy as np
 
 from ._rtcore import ffi, lib
+from .stats import FORMAT_CODES as FORMAT_NAMES
 
 # Preferred order: what costs least to convert first; every format real USB cards offer.
 FORMATS = (
@@ -23,7 +24,8 @@ FORMATS = (
 )
 _BY_CODE = {code: (name, width) for name, code, width in FORMATS}
 _WIDTH = {name: width for name, _, width in FORMATS}
-FORMAT_CODES = {name: i + 1 for i, (name, _, _) in enumerate(FORMATS)}   # periodpath_c.py
+# the numbers the stats slot publishes (DeviceFormat) and the C path switches on (periodpath_c.py)
+FORMAT_CODES = {name: code for code, name in enumerate(FORMAT_NAMES) if name}
 
 # Errors that mean "the device is not there (any more)".
 GONE_ERRNOS = (errno.ENODEV, errno.ENOENT, errno.ENXIO, errno.EBADFD, errno.ESHUTDOWN)

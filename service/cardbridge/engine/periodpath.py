@@ -67,6 +67,7 @@ class SidePath:
         s = self.side = ffi.new("cb_side *")
         s.channels = ch
         s.format = FORMAT_CODES[params.format_name]
+        s.width = params.width
         s.period = period
         s.in_buf = self._in
         s.in_frames = in_frames

@@ -17,6 +17,7 @@ typedef struct {
     void *src;                  /* SRC_STATE * of libsamplerate */
     uint32_t channels;
     uint32_t format;            /* CB_FORMAT_* */
+    uint32_t width;             /* bytes per sample in that format */
     uint32_t period;            /* device frames per period */
     float *in_buf;              /* resampler input: in_frames x channels */
     uint32_t in_frames;
@@ -45,7 +46,7 @@ int64_t cb_playback_period(cb_core *c, cb_side *s, double ratio);
 SOURCE = SIDE_STRUCT + r"""
 #include <dlfcn.h>
 
-/* The device formats, numbered as pcmio.FORMAT_CODES. */
+/* The device formats, numbered as stats.FORMAT_CODES (pcmio.FORMAT_CODES). */
 #define CB_FLOAT_LE 1
 #define CB_S32_LE 2
 #define CB_S24_3LE 3
@@ -237,11 +238,6 @@ static int64_t resample(cb_side *s, uint32_t frames, uint32_t at, uint32_t room,
     return made;
 }
 
-static uint32_t sample_width(uint32_t format)
-{
-    return format == CB_S16_LE ? 2 : format == CB_S24_3LE ? 3 : 4;
-}
-
 /* Capture, one device period of `nbytes` bytes: decode, resample at `ratio`, append to the
    capture ring. Returns the JACK frames appended, or -1 (libsamplerate error in s->error). */
 int64_t cb_capture_period(cb_core *c, cb_side *s, const char *data, uint64_t nbytes, double ratio)
@@ -251,7 +247,7 @@ int64_t cb_capture_period(cb_core *c, cb_side *s, const char *data, uint64_t nby
         s->error = -2;
         return -1;
     }
-    uint64_t whole = nbytes / ((uint64_t)ch * sample_width(s->format));
+    uint64_t whole = nbytes / ((uint64_t)ch * s->width);
     uint32_t frames = whole < s->in_frames ? (uint32_t)whole : s->in_frames;
     cb_decode(s->format, data, s->in_buf, (uint64_t)frames * ch);
     int64_t m = resample(s, frames, 0, s->out_frames, ratio);
