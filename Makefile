@@ -14,7 +14,7 @@ PIP := $(VENV)/bin/pip
 PYTHON ?= python3
 BUILD := build
 VCARD_SO := $(BUILD)/alsa-lib/libasound_module_pcm_cbvcard.so
-VCARD_SRC := service/cardbridge/sandbox/vcard.c
+VCARD_SRC := tests/testbench/vcard.c
 
 APT_PACKAGES := gcc make pkg-config python3-venv \
 	jackd2 libjack-jackd2-dev libasound2-dev libasound2-plugins alsa-utils \
@@ -73,7 +73,7 @@ test: setup
 	$(PY) -m pytest -q -ra --timeout 600
 
 demo: setup
-	$(PY) -m cardbridge.sandbox.demo
+	PYTHONPATH=tests $(PY) -m testbench.demo
 
 bench: setup
 	$(PY) benchmarks/run.py

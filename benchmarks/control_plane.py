@@ -3,7 +3,7 @@
 Runs as its own process (`.venv/bin/python benchmarks/control_plane.py [--seconds S] [--rate R]
 [--bridges N]`, prints JSON), or `measure()` is called from benchmarks/run.py. jackd (dummy,
 48 kHz / 256), a private session bus and the daemon (`--no-hotplug`, devices declared in its
-config, virtual cards from cardbridge.sandbox.vcard) are child processes.
+config, virtual cards from testbench.vcard) are child processes.
 
 Once every bridge runs: 5 calls/s for 5 s (baseline), then `rate` calls/s for `seconds`, paced
 (one call every 1/rate s, not waiting for the previous one) from one asyncio dbus-next client,
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -25,13 +26,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "service"))
+sys.path.insert(0, str(REPO / "tests"))      # the test bench (virtual cards, JACK, buses)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
 
 from cardbridge import names  # noqa: E402
-from cardbridge.sandbox.busdaemon import PrivateBus  # noqa: E402
-from cardbridge.sandbox.jackserver import JackServer  # noqa: E402
-from cardbridge.sandbox.servicerun import (BIFACE, BUS, MGR, MIFACE, daemon,  # noqa: E402
-                                            get_prop, wait_for)
-from cardbridge.sandbox.vcard import VirtualCard, create_card, write_alsa_config  # noqa: E402
+from testbench.busdaemon import PrivateBus  # noqa: E402
+from testbench.jackserver import JackServer  # noqa: E402
+from testbench.servicerun import (BIFACE, BUS, MGR, MIFACE, daemon,  # noqa: E402
+                                  get_prop, wait_for)
+from testbench.vcard import VirtualCard, create_card, write_alsa_config  # noqa: E402
 
 PROPS = "org.freedesktop.DBus.Properties"
 

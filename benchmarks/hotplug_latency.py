@@ -2,7 +2,7 @@
 
 Runs as its own process (`.venv/bin/python benchmarks/hotplug_latency.py [--repeats N]`, as
 root: it needs a network namespace; prints JSON), or `measure()` is called from the benchmark
-process (benchmarks/run.py). Real libudev-format netlink events (cardbridge.sandbox.udevinject)
+process (benchmarks/run.py). Real libudev-format netlink events (testbench.udevinject)
 are sent inside a private network namespace where the daemon runs (nsenter); jackd (dummy,
 48 kHz / 256) and the private session bus run outside it, reachable through socket files.
 Card 3 is a Scarlett 2i2 as udev describes it; ALSA's `hw:CARD=3` opens a virtual card whose
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -30,15 +31,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "service"))
+sys.path.insert(0, str(REPO / "tests"))      # the test bench (virtual cards, JACK, buses)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
 
 from cardbridge import names  # noqa: E402
 from cardbridge.devices import device_from_udev  # noqa: E402
-from cardbridge.sandbox.busdaemon import PrivateBus  # noqa: E402
-from cardbridge.sandbox.jackserver import JackServer  # noqa: E402
-from cardbridge.sandbox.udevinject import CARDS, NetNamespace, UdevInjector  # noqa: E402
-from cardbridge.sandbox.servicerun import daemon, get_prop  # noqa: E402
-from cardbridge.sandbox.servicerun import wait_for as _wait_for  # noqa: E402
-from cardbridge.sandbox.vcard import VirtualCard, create_card, hw_override_config  # noqa: E402
+from testbench.busdaemon import PrivateBus  # noqa: E402
+from testbench.jackserver import JackServer  # noqa: E402
+from testbench.udevinject import CARDS, NetNamespace, UdevInjector  # noqa: E402
+from testbench.servicerun import daemon, get_prop  # noqa: E402
+from testbench.servicerun import wait_for as _wait_for  # noqa: E402
+from testbench.vcard import VirtualCard, create_card, hw_override_config  # noqa: E402
 
 
 def wait_for(fn, timeout: float, what: str) -> float:

@@ -39,10 +39,12 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "service"))
+sys.path.insert(0, str(REPO / "tests"))      # the test bench (virtual cards, JACK, buses)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cardbridge.sandbox.vcard import VirtualCard  # noqa: E402
+from testbench.vcard import VirtualCard  # noqa: E402
 
 import scenarios  # noqa: E402
 from bridges import KINDS  # noqa: E402

@@ -1,6 +1,6 @@
 """What the benchmark measures, one scenario per function, the same way for every bridge kind.
 Runs in the benchmark process (benchmarks/run.py); JACK, the bridges and the measuring JACK
-clients (cardbridge.sandbox.probe) are its child processes.
+clients (testbench.probe) are its child processes.
 
 Every scenario gets a fresh private JACK dummy server and fresh virtual cards, so no run sees
 another's leftovers. The measuring clients: one plays a click every second (or a sine) into
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cardbridge.sandbox.jackserver import JackServer
-from cardbridge.sandbox.probe import thd_n_windows_db
-from cardbridge.sandbox.vcard import VirtualCard, write_alsa_config
+from testbench.jackserver import JackServer
+from testbench.probe import thd_n_windows_db
+from testbench.vcard import VirtualCard, write_alsa_config
 
 from bridges import broke_down, cpu_seconds, jack_ports, reported_latency, rss_mb, start_bridge, stop_all
 
@@ -54,7 +54,7 @@ def wait_ports(server: str, ports: list[str], timeout: float = 20.0) -> bool:
 
 def start_probe(server: str, role: str, seconds: float, out: Path, env: dict, *args: str):
     return subprocess.Popen(
-        [sys.executable, "-m", "cardbridge.sandbox.probe", "--server", server,
+        [sys.executable, "-m", "testbench.probe", "--server", server,
          "--name", f"bench_{role}", "--seconds", str(seconds), "--out", str(out), *args], env=env)
 
 

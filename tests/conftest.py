@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: real components from cardbridge.sandbox, each torn down by PID.
+"""Shared pytest fixtures: real components from testbench, each torn down by PID.
 
 Runs in the test process. Every fixture gives its component a unique name (JACK server names,
 bus directories, namespaces), so tests may run next to other test sessions on the machine.
@@ -10,7 +10,7 @@ bus directories, namespaces), so tests may run next to other test sessions on th
     jackdbus          a started, configured JackDbus on `session_bus` (JACK server not started)
     netns             a NetNamespace with a UdevInjector sending inside it (`netns.injector`)
     tmp_alsa_config   a private directory for ALSA configuration files
-    virtual_cards     factory for virtual sound cards (cardbridge.sandbox.vcard), sets
+    virtual_cards     factory for virtual sound cards (testbench.vcard), sets
                       ALSA_CONFIG_PATH for the test process; skipped until that module exists
 
 At the end of the session, every process the sandbox started that nobody stopped (still
@@ -26,11 +26,16 @@ from pathlib import Path
 
 import pytest
 
-from cardbridge.sandbox import procs
-from cardbridge.sandbox.busdaemon import PrivateBus
-from cardbridge.sandbox.jackdbus import JackDbus
-from cardbridge.sandbox.jackserver import JackServer
-from cardbridge.sandbox.udevinject import NetNamespace, UdevInjector
+TESTS = Path(__file__).resolve().parent
+# The test bench (tests/testbench) is not part of the installed service: child processes that
+# run its modules (`python -m testbench.probe`, the demo's pieces) find it through PYTHONPATH.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+
+from testbench import procs  # noqa: E402
+from testbench.busdaemon import PrivateBus  # noqa: E402
+from testbench.jackdbus import JackDbus  # noqa: E402
+from testbench.jackserver import JackServer  # noqa: E402
+from testbench.udevinject import NetNamespace, UdevInjector  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECT_DBUS_DIR = REPO / "dbus"
@@ -174,10 +179,10 @@ def virtual_cards(tmp_alsa_config, monkeypatch):
     """Factory: virtual_cards(VirtualCard(...) or dict of VirtualCard kwargs, ...).
 
     Writes the ALSA config for all cards made so far and sets ALSA_CONFIG_PATH for the test
-    process; returns a VirtualCardSet. Skips the test while cardbridge.sandbox.vcard is absent.
+    process; returns a VirtualCardSet. Skips the test while testbench.vcard is absent.
     """
     try:
-        vcard = importlib.import_module("cardbridge.sandbox.vcard")
+        vcard = importlib.import_module("testbench.vcard")
     except ImportError as exc:
         pytest.skip(f"virtual sound card not available: {exc}")
     made: list = []

@@ -18,7 +18,7 @@ import pytest
 
 from cardbridge import names
 from cardbridge.engine.supervisor import Bridge, BridgeSpec
-from cardbridge.sandbox import probe
+from testbench import probe
 
 
 def jack_server_xruns(server) -> int:
@@ -104,7 +104,7 @@ def run_probes(server: str, play_port: str | None, record_port: str | None, sign
         if port is None:
             continue
         out = tmp / f"{role}.npz"
-        args = [sys.executable, "-m", "cardbridge.sandbox.probe", "--server", server,
+        args = [sys.executable, "-m", "testbench.probe", "--server", server,
                 "--name", f"probe_{role}", "--signal", signal, "--seconds", str(seconds),
                 "--out", str(out)]
         args += ["--play", port] if role == "send" else ["--record", port]

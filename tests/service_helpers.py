@@ -1,6 +1,6 @@
 """Helpers for tests that run the real daemon: start/stop it, read properties with busctl, wait.
 
-Runs in the pytest process. The daemon runner itself is cardbridge.sandbox.servicerun (shared
+Runs in the pytest process. The daemon runner itself is testbench.servicerun (shared
 with the benchmarks); here it also insists that the daemon's log holds no traceback.
 """
 
@@ -10,8 +10,8 @@ import contextlib
 import subprocess
 from pathlib import Path
 
-from cardbridge.sandbox import servicerun
-from cardbridge.sandbox.servicerun import BIFACE, BUS, MGR, MIFACE, attach, get_prop, wait_for
+from testbench import servicerun
+from testbench.servicerun import BIFACE, BUS, MGR, MIFACE, attach, get_prop, wait_for
 
 __all__ = ["BIFACE", "BUS", "MGR", "MIFACE", "attach", "daemon", "get_prop", "jack_connections",
            "wait_for"]

@@ -19,10 +19,10 @@ import time
 
 import pytest
 
-from cardbridge.sandbox import jackserver, procs
-from cardbridge.sandbox.jackserver import JackServer, server_answers, server_slots
-from cardbridge.sandbox.procs import SandboxError
-from cardbridge.sandbox.udevinject import (CARDS, NETLINK_KOBJECT_UEVENT, UDEV_GROUP,
+from testbench import jackserver, procs
+from testbench.jackserver import JackServer, server_answers, server_slots
+from testbench.procs import SandboxError
+from testbench.udevinject import (CARDS, NETLINK_KOBJECT_UEVENT, UDEV_GROUP,
                                            UdevInjector, build_message)
 
 pytestmark = pytest.mark.timeout(120)

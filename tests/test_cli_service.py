@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from cardbridge.sandbox import procs
+from testbench import procs
 from cardbridge_cli import schema
 
 pytestmark = pytest.mark.timeout(300)
@@ -173,7 +173,7 @@ class RunningService:
 
 def _two_cards(virtual_cards):
     pytest.importorskip("cardbridge.daemon", reason="the service (cardbridge.daemon) is not there yet")
-    vcard = pytest.importorskip("cardbridge.sandbox.vcard")
+    vcard = pytest.importorskip("testbench.vcard")
     return virtual_cards(vcard.VirtualCard(name="clicard0", ppm=30.0),
                          vcard.VirtualCard(name="clicard1", ppm=-20.0))
 

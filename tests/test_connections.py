@@ -17,7 +17,7 @@ import time
 import pytest
 
 from cardbridge.connections import ConnectionKeeper, dump_memory, parse_memory
-from cardbridge.sandbox.jackserver import JackServer
+from testbench.jackserver import JackServer
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -18,9 +18,9 @@ import pytest
 from cardbridge import names
 from cardbridge.engine.alsaloop import PRIORITY_WITHOUT_RT_JACK
 from cardbridge.engine.supervisor import BridgeSpec
-from cardbridge.sandbox import probe
-from cardbridge.sandbox.jackserver import JackServer
-from cardbridge.sandbox.vcard import VirtualCard
+from testbench import probe
+from testbench.jackserver import JackServer
+from testbench.vcard import VirtualCard
 
 from engine_helpers import (BridgeRun, jack_latency, jack_server_xruns, undisturbed_probes,
                             undisturbed_since)

@@ -3,7 +3,7 @@
 First the event rules on their own (HotplugMonitor.handle_event, no netlink); then the real
 thing: a child process in its own network namespace (`unshare -n`, so nothing reaches the
 host) runs the real HotplugMonitor on an asyncio loop while real libudev-format netlink
-events are injected with cardbridge.sandbox.udevinject.
+events are injected with testbench.udevinject.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 
 from cardbridge.devices import device_from_udev
 from cardbridge.hotplug import HotplugMonitor, RateLimitedLog
-from cardbridge.sandbox.udevinject import CARDS, NetNamespace, UdevInjector, build_message
+from testbench.udevinject import CARDS, NetNamespace, UdevInjector, build_message
 
 
 def mic(port: str, card: int, action: str = "change", initialized: bool = True) -> dict:

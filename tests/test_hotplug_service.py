@@ -14,8 +14,8 @@ import time
 
 from cardbridge import names
 from cardbridge.devices import device_from_udev
-from cardbridge.sandbox.udevinject import CARDS
-from cardbridge.sandbox.vcard import VirtualCard, create_card, hw_override_config
+from testbench.udevinject import CARDS
+from testbench.vcard import VirtualCard, create_card, hw_override_config
 
 from service_helpers import daemon, get_prop as prop, jack_connections, wait_for
 

@@ -13,7 +13,7 @@ import subprocess
 import time
 
 
-from cardbridge.sandbox.vcard import VirtualCard
+from testbench.vcard import VirtualCard
 
 from engine_helpers import jack_latency
 from service_helpers import MGR, MIFACE, attach, daemon, get_prop, jack_connections, wait_for
@@ -127,7 +127,7 @@ def test_plain_jackd_killed_and_replaced_brings_the_bridge_back_connected(
         virtual_cards, session_bus, tmp_path):
     """No jackdbus: a plain jackd dies of SIGKILL (no goodbye to its clients), the bridge waits;
     a new server of the same name starts and the bridge returns with its connections."""
-    from cardbridge.sandbox.jackserver import JackServer
+    from testbench.jackserver import JackServer
     server = JackServer(rate=48000, period=256, log_path=tmp_path / "jackd.log").start()
     try:
         cards = virtual_cards(VirtualCard("vcj", ppm=120.0))

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from cardbridge.jackwatch import JackState, JackWatch
-from cardbridge.sandbox.jackserver import JackServer
+from testbench.jackserver import JackServer
 
 pytestmark = pytest.mark.timeout(90)
 

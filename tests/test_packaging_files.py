@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cardbridge.sandbox.vcard import VirtualCard
+from testbench.vcard import VirtualCard
 
 from service_helpers import BUS, MGR, MIFACE, wait_for
 

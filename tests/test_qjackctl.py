@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from cardbridge.sandbox.vcard import VirtualCard
+from testbench.vcard import VirtualCard
 
 from service_helpers import daemon, get_prop, jack_connections, wait_for
 

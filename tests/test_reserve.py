@@ -18,7 +18,7 @@ import pytest
 
 from cardbridge.dbuslib import MessageBus
 from cardbridge.reserve import DeviceReservation
-from cardbridge.sandbox.busdaemon import PrivateBus
+from testbench.busdaemon import PrivateBus
 
 pytestmark = pytest.mark.timeout(60)
 

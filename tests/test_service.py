@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cardbridge.sandbox.vcard import VirtualCard
+from testbench.vcard import VirtualCard
 
 REPO = Path(__file__).resolve().parent.parent
 BUS = "org.cardbridge.CardBridge1"

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from cardbridge.sandbox.vcard import VirtualCard
+from testbench.vcard import VirtualCard
 
 
 def run_child(env: dict, code: str, timeout: float = 60.0) -> str:

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from .. import names
+from cardbridge import names
 
 BUS = names.BUS_NAME
 MGR = names.MANAGER_PATH

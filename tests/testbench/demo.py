@@ -93,11 +93,11 @@ def main(argv=None) -> int:
         time.sleep(1.0)
         say(f"playing a 997 Hz tone through demo_usb's loop for {args.seconds:.0f} s")
         jenv = jack.env()
-        send = subprocess.Popen([sys.executable, "-m", "cardbridge.sandbox.probe", "--server", jack.name,
+        send = subprocess.Popen([sys.executable, "-m", "testbench.probe", "--server", jack.name,
                                  "--name", "demo_tone", "--play", "Demo USB interface:playback_1",
                                  "--signal", "sine", "--seconds", str(args.seconds + 2),
                                  "--out", str(work / "send.npz")], env=jenv)
-        recv = subprocess.Popen([sys.executable, "-m", "cardbridge.sandbox.probe", "--server", jack.name,
+        recv = subprocess.Popen([sys.executable, "-m", "testbench.probe", "--server", jack.name,
                                  "--name", "demo_listen", "--record", "Demo USB interface:capture_1",
                                  "--signal", "silence", "--seconds", str(args.seconds + 2),
                                  "--out", str(work / "recv.npz")], env=jenv)

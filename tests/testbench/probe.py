@@ -1,6 +1,6 @@
 """A measuring JACK client: plays a test signal into ports and records ports, sample-accurately.
 
-Runs as its own process (`python -m cardbridge.sandbox.probe …`) so that its Python process
+Runs as its own process (`python -m testbench.probe …`) so that its Python process
 callback has an interpreter to itself; used by tests, the demo and the benchmarks. The process
 callback only copies between port buffers and preallocated arrays; the recording is written to
 an .npz file (`signal`, `recorded` arrays, and the JACK frame time of the first recorded frame)

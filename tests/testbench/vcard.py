@@ -38,7 +38,7 @@ def plugin_path() -> Path:
     env = os.environ.get("CARDBRIDGE_VCARD_PLUGIN")
     if env:
         return Path(env)
-    repo = Path(__file__).resolve().parents[3]
+    repo = Path(__file__).resolve().parents[2]
     return repo / "build" / "alsa-lib" / "libasound_module_pcm_cbvcard.so"
 
 
