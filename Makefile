@@ -38,7 +38,7 @@ apt:
 	  fi; \
 	fi
 
-$(VENV)/.installed: pyproject.toml setup.py service/cardbridge/engine/rtcore_build.py service/cardbridge/engine/periodpath_c.py
+$(VENV)/.installed: pyproject.toml setup.py service/cardbridge/engine/rtcore_build.py $(wildcard service/cardbridge/engine/csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel cffi
 	$(PIP) install -q -e '.[test,bench]'

@@ -293,7 +293,7 @@ def simulate(cfg: SimConfig) -> SimResult:
             count += cfg.period * ratio_used if capture else cfg.period / ratio_used
             if not dll.ready or record is None:
                 continue
-            jf = jack_frames_at(dll.t1, record)
+            jf = jack_frames_at(dll.t1, *record)
             if capture:
                 err = count - (jf - offset) - target
             else:

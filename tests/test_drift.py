@@ -19,11 +19,11 @@ pytestmark = pytest.mark.timeout(120)
 # -- units -------------------------------------------------------------------------------------
 def test_jack_frames_at_interpolates_and_extrapolates():
     cycle = (1000, 2_000_000, 2_005_000, 256)           # 256 frames over 5 ms
-    assert jack_frames_at(2.0, cycle) == pytest.approx(1000)
-    assert jack_frames_at(2.0025, cycle) == pytest.approx(1128)
-    assert jack_frames_at(2.010, cycle) == pytest.approx(1512)   # beyond t_next
-    assert jack_frames_at(1.995, cycle) == pytest.approx(744)    # before t_start
-    assert jack_frames_at(2.0, (5, 10, 10, 256)) == 5            # degenerate record
+    assert jack_frames_at(2.0, *cycle) == pytest.approx(1000)
+    assert jack_frames_at(2.0025, *cycle) == pytest.approx(1128)
+    assert jack_frames_at(2.010, *cycle) == pytest.approx(1512)   # beyond t_next
+    assert jack_frames_at(1.995, *cycle) == pytest.approx(744)    # before t_start
+    assert jack_frames_at(2.0, 5, 10, 10, 256) == 5            # degenerate record
 
 
 def _feed(dll, times, pasts=None):

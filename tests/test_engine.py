@@ -16,7 +16,7 @@ import time
 import pytest
 
 from cardbridge import names
-from cardbridge.engine.alsaloop import PRIORITY_WITHOUT_RT_JACK
+from cardbridge.engine.alsathread import PRIORITY_WITHOUT_RT_JACK
 from cardbridge.engine.supervisor import BridgeSpec
 from testbench import probe
 from testbench.jackserver import JackServer

@@ -11,6 +11,7 @@ Runs in the pytest process: a JackSide (the worker's JACK client and rings) on a
 
 import contextlib
 import os
+import queue
 import random
 import signal
 import time
@@ -19,6 +20,7 @@ import pytest
 
 from cardbridge.engine._rtcore import lib
 from cardbridge.engine.jackside import JackSide
+from cardbridge.engine.queues import Queues
 
 from engine_helpers import jack_server_xruns
 
@@ -30,7 +32,7 @@ def last_cycle(side: JackSide):
     """The record of the last cycle, waiting while the timeline holds it: after a move of the
     server's schedule it does for a quarter second more (the move is checked), up to 0.6 s."""
     for _ in range(1000):
-        cyc = side.read_cycle_rt()
+        cyc = side.queues.read_cycle_rt()
         if cyc is not None:
             return cyc
         time.sleep(0.001)
@@ -40,7 +42,7 @@ def last_cycle(side: JackSide):
 def counters(side: JackSide) -> tuple[float, int, int, int]:
     """(now, JACK's own frame count, the timeline's frame count, capture ring read position)."""
     cyc = last_cycle(side)
-    return time.monotonic(), int(side.core.jack_frames), int(cyc[0]), int(cyc[4])
+    return time.monotonic(), int(side.queues.shared.jack_frames), int(cyc[0]), int(cyc[4])
 
 
 def timeline_position(side: JackSide) -> float:
@@ -53,7 +55,7 @@ def timeline_position(side: JackSide) -> float:
 @contextlib.contextmanager
 def active_side(server, name: str):
     """A duplex JackSide on `server`, activated and given a second to run, closed afterwards."""
-    side = JackSide(name, server.name, 2, 2, name)
+    side = JackSide(name, server.name, Queues(2, 2), name, queue.SimpleQueue())
     side.open()
     try:
         side.activate()
@@ -66,19 +68,19 @@ def active_side(server, name: str):
 def test_ring_counters_keep_real_time_when_jack_loses_time(jack_server):
     with active_side(jack_server, "clockcheck") as side:
         t0, jack0, line0, rd0 = counters(side)
-        times0 = side.core.lost_times
+        times0 = side.queues.shared.lost_times
         for _ in range(4):
             os.kill(jack_server.pid, signal.SIGSTOP)
             time.sleep(0.06)
             os.kill(jack_server.pid, signal.SIGCONT)
             time.sleep(0.5)
         t1, jack1, line1, rd1 = counters(side)
-        times = side.core.lost_times - times0
+        times = side.queues.shared.lost_times - times0
     real = (t1 - t0) * RATE
     lost = real - (jack1 - jack0)
     if lost < 4 * 0.03 * RATE:
         pytest.skip(f"this jackd caught up after its stops (lost only {lost:.0f} frames)")
-    assert times >= 4, (times, lost, side.core.lost_frames, side.core.skipped_frames)
+    assert times >= 4, (times, lost, side.queues.shared.lost_frames, side.queues.shared.skipped_frames)
     # the timeline and the capture ring were read at the pace of real time, within a few periods
     # of sampling them (at cycle starts) and of the timeline's own filtering
     assert abs((line1 - line0) - real) < 4 * PERIOD, (line1 - line0, real, lost)
@@ -94,14 +96,14 @@ def test_skips_do_not_add_up_to_a_drift(jack_server):
     with active_side(jack_server, "clockdrift") as side:
         time.sleep(2.0)            # the timeline leaves its wide start
         before = timeline_position(side)
-        times0 = side.core.lost_times
+        times0 = side.queues.shared.lost_times
         for _ in range(40):
             os.kill(jack_server.pid, signal.SIGSTOP)
             time.sleep(rnd.uniform(0.006, 0.03))
             os.kill(jack_server.pid, signal.SIGCONT)
             time.sleep(rnd.uniform(0.35, 0.6))
         after = timeline_position(side)
-        times = side.core.lost_times - times0
+        times = side.queues.shared.lost_times - times0
     assert times >= 20, times
     # relative to real time, in frames (at 48 kHz a frame is 21 us)
     assert abs(after - before) < 24, (after - before, times)
@@ -113,7 +115,7 @@ def test_timeline_follows_a_quiet_server(jack_server):
         _, jack0, line0, _ = counters(side)
         time.sleep(2.0)
         _, jack1, line1, _ = counters(side)
-        lost = side.core.lost_times
+        lost = side.queues.shared.lost_times
     if jack_server_xruns(jack_server):
         pytest.skip("the machine stalled the JACK server")
     assert lost == 0

@@ -8,7 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cardbridge.engine.pcmio import FORMATS, decode, encode
+from cardbridge.engine.pcmio import FORMATS
+
+from codec import decode, encode
 
 WIDTH = {name: width for name, _, width in FORMATS}
 QUANTUM = {"S16_LE": 1 / 32768, "S24_3LE": 1 / 2 ** 23, "S32_LE": 1 / 2 ** 31, "FLOAT_LE": 0.0}

@@ -1,6 +1,5 @@
-"""The compiled per-period path (engine/periodpath.py, periodpath_c.py) on a JACK-side core of
-its own: no JACK server and no card, the rings are read and written here as the process
-callback would.
+"""The compiled per-period path (engine/periodpath.py, csrc/periodpath.c) on queues of its own:
+no JACK server and no card, the rings are read and written here as the process callback would.
 
 Runs in the pytest process.
 """
@@ -11,34 +10,42 @@ import numpy as np
 import pytest
 
 from cardbridge.engine._rtcore import ffi, lib
-from cardbridge.engine.jackside import RING_FRAMES
-from cardbridge.engine.pcmio import FORMATS, PcmParams, decode, encode
+from cardbridge.engine.pcmio import FORMATS, PcmParams
 from cardbridge.engine.periodpath import SidePath
+from cardbridge.engine.queues import RING_FRAMES, Queues
+
+from codec import decode, encode
 
 WIDTH = {name: width for name, _, width in FORMATS}
 PERIOD = 256
 
 
 class Core:
-    """A cb_core with its two stereo rings, as JackSide sets it up."""
+    """Stereo queues, with the JACK side's writes into the playback ring done here."""
 
     def __init__(self, channels: int = 2):
-        self.core = ffi.new("cb_core *")
-        self._cap = ffi.new("float[]", RING_FRAMES * channels)
-        self._pb = ffi.new("float[]", RING_FRAMES * channels)
-        c = self.core
-        c.n_capture = c.n_playback = channels
-        c.capture_ring, c.playback_ring = self._cap, self._pb
-        c.capture_size = c.playback_size = RING_FRAMES
-        self.capture_ring = np.frombuffer(ffi.buffer(self._cap), np.float32).reshape(-1, channels)
-        self.playback_ring = np.frombuffer(ffi.buffer(self._pb), np.float32).reshape(-1, channels)
+        self.queues = Queues(channels, channels)
+        sh = self.queues.shared
+        self.capture_ring = np.frombuffer(ffi.buffer(sh.capture.data, RING_FRAMES * channels * 4),
+                                          np.float32).reshape(-1, channels)
+        self.playback_ring = np.frombuffer(ffi.buffer(sh.playback.data,
+                                                      RING_FRAMES * channels * 4),
+                                           np.float32).reshape(-1, channels)
+
+    @property
+    def capture(self):
+        return self.queues.capture
+
+    @property
+    def playback(self):
+        return self.queues.playback
 
     def jack_writes(self, frames: np.ndarray) -> None:
         """What the process callback does with the playback ports' buffers."""
-        c = self.core
+        ring = self.queues.shared.playback
         for i, frame in enumerate(frames):
-            self.playback_ring[(c.playback_wr + i) % RING_FRAMES] = frame
-        c.playback_wr += len(frames)
+            self.playback_ring[(ring.wr + i) % RING_FRAMES] = frame
+        ring.wr += len(frames)
 
 
 def params(stream: str, fmt: str = "S16_LE", channels: int = 2) -> PcmParams:
@@ -54,7 +61,7 @@ def sine(frames: int, start: int = 0, channels: int = 2) -> np.ndarray:
 @pytest.mark.parametrize("fmt", [name for name, _, _ in FORMATS])
 def test_capture_decodes_resamples_and_appends_to_the_ring(fmt):
     jack = Core()
-    path = SidePath(jack.core, params("capture", fmt), "sinc_medium", PERIOD, 1.0)
+    path = SidePath(jack.capture, params("capture", fmt), "sinc_medium", PERIOD, 1.0)
     try:
         made = 0
         for k in range(40):
@@ -64,7 +71,7 @@ def test_capture_decodes_resamples_and_appends_to_the_ring(fmt):
     finally:
         path.close()
     # every frame in, one frame out (less what the filter still holds)
-    assert jack.core.capture_wr == made
+    assert jack.queues.shared.capture.wr == made
     assert 40 * PERIOD - 200 < made <= 40 * PERIOD
     got = jack.capture_ring[made - 4 * PERIOD:made, 0]
     assert 0.49 < np.max(np.abs(got)) < 0.51
@@ -72,7 +79,7 @@ def test_capture_decodes_resamples_and_appends_to_the_ring(fmt):
 
 def test_capture_at_a_ratio_makes_that_many_more_jack_frames():
     jack = Core()
-    path = SidePath(jack.core, params("capture", "FLOAT_LE"), "sinc_fastest", PERIOD, 1.001)
+    path = SidePath(jack.capture, params("capture", "FLOAT_LE"), "sinc_fastest", PERIOD, 1.001)
     try:
         made = [path.capture_rt(encode("FLOAT_LE", sine(PERIOD, k * PERIOD)), 1.001)
                 for k in range(400)]
@@ -84,7 +91,7 @@ def test_capture_at_a_ratio_makes_that_many_more_jack_frames():
 
 def test_playback_pulls_a_period_from_the_ring_and_counts_what_it_took():
     jack = Core()
-    path = SidePath(jack.core, params("playback", "S32_LE"), "sinc_medium", PERIOD, 1.0,
+    path = SidePath(jack.playback, params("playback", "S32_LE"), "sinc_medium", PERIOD, 1.0,
                     prefill=100)
     try:
         jack.jack_writes(sine(20 * PERIOD))
@@ -95,7 +102,7 @@ def test_playback_pulls_a_period_from_the_ring_and_counts_what_it_took():
             assert n > 0
             taken += n
             out.append(decode("S32_LE", bytes(path.payload), 2))
-        assert jack.core.playback_rd == taken
+        assert jack.queues.shared.playback.rd == taken
         assert path.side.u_count == pytest.approx(100 + taken)
         assert path.side.underruns == 0
     finally:
@@ -109,7 +116,7 @@ def test_playback_plays_silence_not_an_old_ring_lap_when_jack_is_late():
     jack = Core()
     # a ring length ago JACK wrote a loud lap; the frames due now are not written yet
     jack.playback_ring[:] = 0.9
-    path = SidePath(jack.core, params("playback", "FLOAT_LE"), "linear", PERIOD, 1.0)
+    path = SidePath(jack.playback, params("playback", "FLOAT_LE"), "linear", PERIOD, 1.0)
     try:
         jack.jack_writes(np.zeros((PERIOD // 2, 2), np.float32))
         # the ring's old content is still there for the frames JACK did not write
@@ -124,7 +131,7 @@ def test_playback_plays_silence_not_an_old_ring_lap_when_jack_is_late():
 
 def test_capture_takes_only_the_whole_frames_it_was_given():
     jack = Core()
-    path = SidePath(jack.core, params("capture", "S24_3LE"), "linear", PERIOD, 1.0)
+    path = SidePath(jack.capture, params("capture", "S24_3LE"), "linear", PERIOD, 1.0)
     try:
         short = encode("S24_3LE", sine(100))[:-1]      # 99 whole frames and a broken one
         made = path.capture_rt(short, 1.0)
@@ -136,18 +143,18 @@ def test_capture_takes_only_the_whole_frames_it_was_given():
 
 def test_a_device_with_other_channels_than_the_ring_is_refused_not_overrun():
     jack = Core(channels=1)
-    path = SidePath(jack.core, params("capture", channels=2), "linear", PERIOD, 1.0)
+    path = SidePath(jack.capture, params("capture", channels=2), "linear", PERIOD, 1.0)
     try:
         assert path.capture_rt(encode("S16_LE", sine(PERIOD)), 1.0) == -1
         assert "channel count" in path.error
-        assert jack.core.capture_wr == 0
+        assert jack.queues.shared.capture.wr == 0
     finally:
         path.close()
 
 
 def test_a_closed_path_can_be_closed_again():
     jack = Core()
-    path = SidePath(jack.core, params("capture"), "linear", PERIOD, 1.0)
+    path = SidePath(jack.capture, params("capture"), "linear", PERIOD, 1.0)
     path.close()
     path.close()
     assert path.side.src == ffi.NULL

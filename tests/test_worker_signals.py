@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
 
 from cardbridge import names
+from cardbridge.engine.protocol import StateEvent, parse_event
 from cardbridge.engine.spec import BridgeSpec
 from cardbridge.engine.stats import StatsSlot
+from cardbridge.engine.supervisor import worker_command
 
 
 def test_a_burst_of_sigterms_stops_the_worker(tmp_path):
@@ -23,16 +23,18 @@ def test_a_burst_of_sigterms_stops_the_worker(tmp_path):
     spec = BridgeSpec(device_id="nowhere", pcm="nowhere", client_name="cbsig",
                       jack_server=f"cbsig-absent-{os.getpid()}")
     env = dict(os.environ, JACK_NO_START_SERVER="1")
-    worker = subprocess.Popen([sys.executable, "-m", "cardbridge.engine.worker", "--spec",
-                               spec.to_json(), "--stats", slot.path], env=env,
-                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(worker_command(spec, slot.path), env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
         waiting = (names.WAITING_FOR_DEVICE, names.WAITING_FOR_JACK)
-        while slot.snapshot()["state"] not in waiting and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert slot.snapshot()["state"] in waiting
+        state = None
+        for line in worker.stdout:       # the worker's events, until it says it waits
+            event = parse_event(line)
+            if isinstance(event, StateEvent):
+                state = event.state
+                if state in waiting:
+                    break
+        assert state in waiting
         for _ in range(500):
             worker.send_signal(signal.SIGTERM)
         # 0, or killed by one of the last signals once Python, exiting, gave them back to the

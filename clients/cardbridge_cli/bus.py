@@ -170,9 +170,6 @@ class Service:
     async def reload(self) -> None:
         await self._call(MANAGER_PATH, MANAGER_IFACE, "Reload")
 
-    async def restart_bridge(self, path: str) -> None:
-        await self._call(path, BRIDGE_IFACE, "Restart")
-
     # -- following ---------------------------------------------------------------------------
 
     async def follow(self, on_event: Callable[[str, dict], None]) -> None:

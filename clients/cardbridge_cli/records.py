@@ -6,25 +6,10 @@ Runs in the CLI process; pure functions. The keys made here are the documented -
 
 from __future__ import annotations
 
-# Bridge D-Bus property → JSON key.
-BRIDGE_KEYS = {
-    "Device": "device",
-    "ClientName": "client_name",
-    "State": "state",
-    "CaptureChannels": "capture_channels",
-    "PlaybackChannels": "playback_channels",
-    "Rate": "rate",
-    "Period": "period",
-    "Periods": "periods",
-    "Quality": "quality",
-    "Ratio": "ratio",
-    "DriftPpm": "drift_ppm",
-    "DelayError": "delay_error",
-    "Latency": "latency_frames",
-    "Xruns": "xruns",
-    "Underruns": "underruns",
-    "Restarts": "restarts",
-}
+from cardbridge.bridgestats import PUBLISHED
+
+# Bridge D-Bus property → JSON key, from the service's table of bridge statistics.
+BRIDGE_KEYS = {stat.prop: stat.json_key for stat in PUBLISHED}
 
 DEVICE_KEYS = ("id", "name", "client_name", "bus", "card", "alsa_name", "capture_channels",
                "playback_channels", "present", "declared", "attached", "auto_attach")

@@ -176,6 +176,10 @@ def status_view(doc: dict, style: Style) -> str:
     if doc["bridges"]:
         lines.append(table(BRIDGE_HEADERS, [bridge_row(b) for b in doc["bridges"]],
                            right={3, 4, 5, 6, 7, 8, 9, 10}, style=style, state_column=2))
+        reasons = [f"  {dash(b['client_name'])}: {b['state_reason']}" for b in doc["bridges"]
+                   if b.get("state_reason") and b.get("state") != "running"]
+        if reasons:
+            lines += [""] + reasons
     else:
         lines.append("No bridges. See 'cardbridge devices', then 'cardbridge attach DEVICE'.")
     return "\n".join(lines)
@@ -187,6 +191,7 @@ def bridge_detail_view(b: dict, style: Style) -> str:
         ("Device", dash(b["device"])),
         ("Object", b["path"]),
         ("State", style.state(dash(b["state"]))),
+        ("Reason", dash(b.get("state_reason") or None)),
         ("Channels", f"{dash(b['capture_channels'])} capture, {dash(b['playback_channels'])} playback"),
         ("Card", f"{dash(b['rate'])} Hz, {dash(b['periods'])} x {dash(b['period'])} frames"),
         ("Quality", dash(b["quality"])),

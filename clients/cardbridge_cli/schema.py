@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import sys
 
+from cardbridge.bridgestats import PUBLISHED
+
 SCHEMA_ID = "https://cardbridge.invalid/cli-json/1"
 
 _INT = {"type": "integer", "minimum": 0}
@@ -19,7 +21,8 @@ _OPT_INT = {"type": ["integer", "null"], "minimum": 0}
 _OPT_NUM = {"type": ["number", "null"]}
 _OPT_STR = {"type": ["string", "null"]}
 
-STATES = ["starting", "syncing", "running", "waiting-for-device", "waiting-for-jack", "failed"]
+_BY_KIND = {"count": _OPT_INT, "number": _OPT_NUM, "text": _OPT_STR,
+            "flag": {"type": ["boolean", "null"]}}
 
 
 def _object(properties: dict, required: list | None = None) -> dict:
@@ -28,26 +31,19 @@ def _object(properties: dict, required: list | None = None) -> dict:
             "additionalProperties": True}
 
 
+def _bridge_key(stat) -> dict:
+    schema = {**_BY_KIND[stat.kind], "description": stat.doc}
+    if stat.key == "state":
+        schema["description"] += " (show unknown values as they are)"
+    return schema
+
+
+# The bridge record: its path, every published entry of the service's table of bridge
+# statistics (cardbridge/bridgestats.py), and the latency in milliseconds.
 BRIDGE = _object({
     "path": {"type": "string", "description": "D-Bus object path of the bridge"},
-    "device": {"type": ["string", "null"], "description": "stable device id"},
-    "client_name": {**_OPT_STR, "description": "JACK client name"},
-    "state": {"type": ["string", "null"], "description": "one of " + ", ".join(STATES)
-              + " (show unknown values as they are)"},
-    "capture_channels": _OPT_INT,
-    "playback_channels": _OPT_INT,
-    "rate": {**_OPT_INT, "description": "card sample rate, Hz"},
-    "period": {**_OPT_INT, "description": "card period, frames"},
-    "periods": _OPT_INT,
-    "quality": {**_OPT_STR, "description": "best, medium, fastest or linear"},
-    "ratio": {**_OPT_NUM, "description": "current resampling ratio"},
-    "drift_ppm": {**_OPT_NUM, "description": "clock offset of the card against JACK, ppm"},
-    "delay_error": {**_OPT_NUM, "description": "drift loop error, frames"},
-    "latency_frames": {**_OPT_INT, "description": "latency reported to JACK, JACK frames"},
-    "latency_ms": {**_OPT_NUM, "description": "the same in milliseconds"},
-    "xruns": {**_OPT_INT, "description": "card-side xruns"},
-    "underruns": {**_OPT_INT, "description": "ring underruns"},
-    "restarts": {**_OPT_INT, "description": "times the bridge was restarted"},
+    **{stat.json_key: _bridge_key(stat) for stat in PUBLISHED},
+    "latency_ms": {**_OPT_NUM, "description": "the latency in milliseconds"},
 })
 
 SERVICE = _object({

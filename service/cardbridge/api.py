@@ -14,8 +14,9 @@ import logging
 import time
 
 from . import names
+from .bridgestats import PUBLISHED, Stat, published_value
 from .dbuslib import (DBusError, Message, MessageType, PropertyAccess, ServiceInterface, Variant,
-                      dbus_property, method, signal)
+                      dbus_property, method, read_only_property, signal)
 from .errors import CardBridgeError, InvalidArgument
 from .manager import Manager
 
@@ -34,19 +35,6 @@ SIGNATURES = {
 OPTION_TYPES = {"name": "s", "quality": "s", "persist": "b", "capture": "u", "playback": "u",
                 "rate": "u", "period": "u", "periods": "u", "max_periods": "u"}
 INTEGER_SIGS = set("ynqiuxt")
-
-# Bridge property name → stats key
-BRIDGE_PROPS = {
-    "Device": None, "ClientName": "client_name", "State": "state",
-    "CaptureChannels": "capture_channels", "PlaybackChannels": "playback_channels",
-    "Rate": "rate", "Period": "period", "Periods": "periods", "Quality": "quality",
-    "Ratio": "ratio", "DriftPpm": "drift_ppm", "DelayError": "delay_error", "Latency": "latency",
-    "Xruns": "xruns", "Underruns": "underruns", "Restarts": "restarts",
-}
-U32 = {"CaptureChannels", "PlaybackChannels", "Rate", "Period", "Periods", "Latency", "Xruns",
-       "Underruns", "Restarts"}
-DOUBLES = {"Ratio", "DriftPpm", "DelayError"}
-
 
 def dbus_errors(fn):
     """Typed errors → their D-Bus names; anything else → Internal, logged with its traceback."""
@@ -98,15 +86,9 @@ def options_from_variants(options: dict) -> dict:
     return out
 
 
-def bridge_value(prop: str, device_id: str, stats: dict):
-    if prop == "Device":
-        return device_id
-    value = stats.get(BRIDGE_PROPS[prop])
-    if prop in U32:
-        return max(0, min(int(value or 0), 0xFFFFFFFF))
-    if prop in DOUBLES:
-        return float(value or 0.0)
-    return str(value or "")
+def bridge_value(stat: Stat, stats: dict):
+    """A bridge property's value from the bridge's statistics (never None or NaN)."""
+    return published_value(stat, stats.get(stat.key))
 
 
 class ManagerInterface(ServiceInterface):
@@ -182,20 +164,16 @@ class BridgeInterface(ServiceInterface):
         bridge = self.manager.bridges.get(self.device_id)
         return bridge.stats() if bridge is not None else {}
 
-    def _get(self, prop: str):
-        return bridge_value(prop, self.device_id, self._stats())
-
-    def changed(self, stats_changed: dict) -> None:
+    def changed(self) -> None:
         """Turn stats changes into PropertiesChanged: state at once, numbers at ≤ 5 Hz."""
         stats = self._stats()
-        for prop, key in BRIDGE_PROPS.items():
-            if key is None:
-                continue
-            value = bridge_value(prop, self.device_id, stats)
-            if self._sent.get(prop) != value:
-                self._pending[prop] = value
+        for stat in PUBLISHED:
+            value = bridge_value(stat, stats)
+            if self._sent.get(stat.prop) != value:
+                self._pending[stat.prop] = value
         now = time.monotonic()
-        if self._pending and ("State" in self._pending or now - self._last_emit >= STATS_MIN_INTERVAL):
+        if self._pending and ("State" in self._pending or "StateReason" in self._pending
+                              or now - self._last_emit >= STATS_MIN_INTERVAL):
             self._sent.update(self._pending)
             self.emit_properties_changed(dict(self._pending))
             self._pending = {}
@@ -211,69 +189,16 @@ class BridgeInterface(ServiceInterface):
     async def Restart(self):
         await self.manager.restart(self.device_id)
 
-    @dbus_property(access=PropertyAccess.READ)
-    def Device(self) -> "s":
-        return self.device_id
 
-    @dbus_property(access=PropertyAccess.READ)
-    def ClientName(self) -> "s":
-        return self._get("ClientName")
+def _bridge_property(stat: Stat):
+    return read_only_property(stat.prop, stat.signature,
+                              lambda iface: bridge_value(stat, iface._stats()))
 
-    @dbus_property(access=PropertyAccess.READ)
-    def State(self) -> "s":
-        return self._get("State")
 
-    @dbus_property(access=PropertyAccess.READ)
-    def CaptureChannels(self) -> "u":
-        return self._get("CaptureChannels")
-
-    @dbus_property(access=PropertyAccess.READ)
-    def PlaybackChannels(self) -> "u":
-        return self._get("PlaybackChannels")
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Rate(self) -> "u":
-        return self._get("Rate")
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Period(self) -> "u":
-        return self._get("Period")
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Periods(self) -> "u":
-        return self._get("Periods")
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Quality(self) -> "s":
-        return self._get("Quality")
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Ratio(self) -> "d":
-        return self._get("Ratio")
-
-    @dbus_property(access=PropertyAccess.READ)
-    def DriftPpm(self) -> "d":
-        return self._get("DriftPpm")
-
-    @dbus_property(access=PropertyAccess.READ)
-    def DelayError(self) -> "d":
-        return self._get("DelayError")
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Latency(self) -> "u":
-        return self._get("Latency")
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Xruns(self) -> "u":
-        return self._get("Xruns")
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Underruns(self) -> "u":
-        return self._get("Underruns")
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Restarts(self) -> "u":
-        return self._get("Restarts")
+# Bridge properties: one per published entry of the statistics table (bridgestats.STATS).
+for _stat in PUBLISHED:
+    setattr(BridgeInterface, _stat.prop, _bridge_property(_stat))
+del _stat
 
 
 def quiet_replied_errors(loop: asyncio.AbstractEventLoop) -> None:
@@ -342,7 +267,7 @@ class Api:
     def bridge_changed(self, device_id: str, changed: dict) -> None:
         iface = self.bridges.get(device_id)
         if iface is not None:
-            iface.changed(changed)
+            iface.changed()
 
     def manager_changed(self, changed: dict) -> None:
         self.iface.emit_properties_changed(changed)

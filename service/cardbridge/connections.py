@@ -2,8 +2,9 @@
 
 Runs in the main asyncio process. The main process's JACK client (jacklink.JackLink, shared with
 JackWatch) watches the graph: its port-connect, port-registration and shutdown callbacks run in
-JACK's notification thread and do nothing but hand names to the loop. Everything else -
-bookkeeping, deciding, connecting, saving - happens in the loop.
+JACK's notification thread and do nothing but hand names to the loop. Bookkeeping and deciding
+happen in the loop; what asks libjack (reading the graph, connecting) runs in the link's own
+thread (JackLink.in_thread), never on the loop.
 
 What is remembered, per stable device id: for each of the bridge's ports, by short name
 ("capture_1"), the full names of the ports it is connected to ("system:playback_1"), whoever
@@ -101,6 +102,8 @@ class ConnectionKeeper:
         self._wake = asyncio.Event()
         self._to_sync: set[str] = set()          # device ids whose connections to restore
         self._removals: list[_Removal] = []
+        self._due: list[_Removal] = []           # removals whose verdict is due (the task judges)
+        self._judging = 0                        # ... and how many it is judging right now
         self._gone: dict[str, float] = {}        # port full name -> when it was unregistered
         self._settle_handle: asyncio.TimerHandle | None = None
         self._save_handle: asyncio.TimerHandle | None = None
@@ -154,7 +157,7 @@ class ConnectionKeeper:
     @property
     def settling(self) -> int:
         """How many vanished connections still wait for their verdict."""
-        return len(self._removals)
+        return len(self._removals) + len(self._due) + self._judging
 
     def connections(self, device_id: str) -> dict[str, list[str]]:
         """What is remembered for a device: short port name -> sorted peer port names."""
@@ -169,7 +172,15 @@ class ConnectionKeeper:
             if self.link.up and self._to_sync:
                 pending, self._to_sync = self._to_sync, set()
                 for device_id in pending:
-                    self._sync_bridge(device_id)
+                    await self._sync_bridge(device_id)
+                continue
+            if self._due:
+                due, self._due = self._due, []
+                self._judging = len(due)
+                try:
+                    await self._judge_removals(due)
+                finally:
+                    self._judging = 0
                 continue
             await self._wake.wait()
 
@@ -240,69 +251,49 @@ class ConnectionKeeper:
     def _settle(self) -> None:
         self._settle_handle = None
         now = time.monotonic()
-        due = [r for r in self._removals if now - r.at >= SETTLE]
+        self._due += [r for r in self._removals if now - r.at >= SETTLE]
         self._removals = [r for r in self._removals if now - r.at < SETTLE]
-        client = self.link.client
-        if client is not None:
-            for removal in due:
-                if self._removed_by_user(client, removal):
-                    self._forget(removal.device_id, removal.short, removal.peer)
-        self._gone = {name: at for name, at in self._gone.items() if now - at < GONE_MEMORY}
+        if self._due:
+            self._wake.set()
         if self._removals:
             self._schedule_settle(max(0.05, SETTLE - (now - min(r.at for r in self._removals))))
 
-    def _removed_by_user(self, client: jack.Client, removal: _Removal) -> bool:
+    async def _judge_removals(self, due: list[_Removal]) -> None:
+        """Forget the connections the user removed (both ends still there, not connected)."""
+        client = self.link.client
+        if client is not None:
+            candidates = [r for r in due if self._removal_could_be_the_users(r)]
+            still = await self.link.in_thread(_still_connected, client,
+                                              [(r.ours, r.peer) for r in candidates])
+            for removal, connected in zip(candidates, still):
+                if connected is False:
+                    self._forget(removal.device_id, removal.short, removal.peer)
+        now = time.monotonic()
+        self._gone = {name: at for name, at in self._gone.items() if now - at < GONE_MEMORY}
+
+    def _removal_could_be_the_users(self, removal: _Removal) -> bool:
         if self._bridges.get(removal.device_id) is None:
             return False                                   # bridge went down on purpose
         for name in (removal.ours, removal.peer):
             gone_at = self._gone.get(name)
             if gone_at is not None and gone_at >= removal.at - 0.001:
                 return False                               # that end went away
-        try:
-            ours = client.get_port_by_name(removal.ours)
-            client.get_port_by_name(removal.peer)
-            connected = {p.name for p in client.get_all_connections(ours)}
-        except jack.JackError:
-            return False                                   # an end is missing right now
-        return removal.peer not in connected
+        return True
 
-    def _sync_bridge(self, device_id: str) -> None:
+    async def _sync_bridge(self, device_id: str) -> None:
         """Record the bridge's current connections, then make the remembered missing ones."""
         client = self.link.client
         client_name = self._bridges.get(device_id)
         if client is None or client_name is None:
             return
-        prefix = client_name + ":"
-        try:
-            all_ports = {p.name: p for p in client.get_ports()}
-        except jack.JackError:
+        wanted = {short: set(peers) for short, peers in self._memory.get(device_id, {}).items()}
+        result = await self.link.in_thread(_restore, client, client_name, wanted)
+        if result is None:
             return
-        remembered = self._memory.setdefault(device_id, {})
-        made = failed = 0
-        for name, port in all_ports.items():
-            if not name.startswith(prefix):
-                continue
-            short = name[len(prefix):]
-            try:
-                current = {p.name for p in client.get_all_connections(port)}
-            except jack.JackError:
-                continue
-            for peer in current:
+        current, made, failed = result
+        for short, peers in current.items():
+            for peer in peers:
                 self._remember(device_id, short, peer)
-            for peer in sorted(remembered.get(short, set()) - current):
-                if peer not in all_ports:
-                    continue                     # restored when that port appears
-                src, dst = (name, peer) if port.is_output else (peer, name)
-                try:
-                    client.connect(src, dst)
-                    made += 1
-                except jack.JackErrorCode as exc:
-                    if exc.code != errno.EEXIST:   # else: made by a sync a moment ago
-                        failed += 1
-                        log.debug("cannot restore %s -> %s: %s", src, dst, exc)
-                except jack.JackError as exc:
-                    failed += 1
-                    log.debug("cannot restore %s -> %s: %s", src, dst, exc)
         if made or failed:
             log.info("%s: restored %d connection(s)%s", client_name, made,
                      f", {failed} failed" if failed else "")
@@ -325,3 +316,54 @@ class ConnectionKeeper:
             self._save(dump_memory(self._memory))
         except Exception as exc:
             log.warning("cannot save connections: %s", exc)
+
+
+# ------------------------------------------------------------------- libjack (the link's thread)
+
+def _still_connected(client: jack.Client, pairs: list[tuple[str, str]]) -> list[bool | None]:
+    """For each (our port, peer port): are they connected; None when an end is missing now."""
+    out: list[bool | None] = []
+    for ours_name, peer in pairs:
+        try:
+            ours = client.get_port_by_name(ours_name)
+            client.get_port_by_name(peer)
+            out.append(peer in {p.name for p in client.get_all_connections(ours)})
+        except jack.JackError:
+            out.append(None)
+    return out
+
+
+def _restore(client: jack.Client, client_name: str, wanted: dict[str, set[str]]):
+    """The connections of the bridge's ports now (short name -> peers), then connect the wanted
+    ones that are missing and whose peer exists; returns (current, made, failed), or None when
+    JACK's port list cannot be read."""
+    prefix = client_name + ":"
+    try:
+        all_ports = {p.name: p for p in client.get_ports()}
+    except jack.JackError:
+        return None
+    current: dict[str, set[str]] = {}
+    made = failed = 0
+    for name, port in all_ports.items():
+        if not name.startswith(prefix):
+            continue
+        short = name[len(prefix):]
+        try:
+            current[short] = {p.name for p in client.get_all_connections(port)}
+        except jack.JackError:
+            continue
+        for peer in sorted(wanted.get(short, set()) - current[short]):
+            if peer not in all_ports:
+                continue                     # restored when that port appears
+            src, dst = (name, peer) if port.is_output else (peer, name)
+            try:
+                client.connect(src, dst)
+                made += 1
+            except jack.JackErrorCode as exc:
+                if exc.code != errno.EEXIST:   # else: made by a sync a moment ago
+                    failed += 1
+                    log.debug("cannot restore %s -> %s: %s", src, dst, exc)
+            except jack.JackError as exc:
+                failed += 1
+                log.debug("cannot restore %s -> %s: %s", src, dst, exc)
+    return current, made, failed

@@ -18,6 +18,16 @@ from dbus_next.signature import SignatureTree  # noqa: F401
 OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
 
 
+def read_only_property(name: str, signature: str, fetch):
+    """A read-only D-Bus property `name` of type `signature` whose value is `fetch(self)`, for
+    interfaces whose properties come from a table (the library finds them on the class)."""
+    def getter(self):
+        return fetch(self)
+    getter.__name__ = name
+    getter.__annotations__ = {"return": signature}
+    return dbus_property(access=PropertyAccess.READ, name=name)(getter)
+
+
 class ServiceBus(MessageBus):
     """The service's bus connection: ObjectManager signals come from the manager's path.
 

@@ -414,11 +414,6 @@ class DeviceRegistry:
             self._set_absent(dev)
         return dev
 
-    def forget(self, device_id: str) -> Device | None:
-        """Drop a device entirely (e.g. a config-declared device removed from the config)."""
-        self._names.pop(device_id, None)
-        return self._devices.pop(device_id, None)
-
     # -- internals --
     @staticmethod
     def _set_absent(dev: Device) -> None:

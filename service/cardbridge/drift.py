@@ -23,8 +23,8 @@ The chain, per ALSA period (one call of each):
    Stall / jump: e > `stall_periods`·T or t_m more than one period before t1 → reset, the
    boundary becomes the first one of a new run, update() returns False (engine resyncs).
 
-2. jack_frames_at(t, cycle) — JACK's frame position at time t, linear in the cycle record
-   (frames, t_start_us, t_next_us, nframes):  frames + nframes·(t·1e6 − t_start)/(t_next − t_start).
+2. jack_frames_at(t, frames, t_start_us, t_next_us, nframes) — JACK's frame position at time t,
+   linear in the cycle record:  frames + nframes·(t·1e6 − t_start)/(t_next − t_start).
    The engine's records come from the process callback's own timeline of cycle starts, which
    counts the time a late JACK server lost (engine/rtcore_build.py), not from JACK's cycle-time
    DLL, which drags such a loss along for seconds.
@@ -62,7 +62,7 @@ Engine wiring, per ALSA period (capture shown; playback the same with its own er
     ok = dll.update(t_wake, past)           # False → resync (the DLL has restarted)
     produced += period · ratio_used         # virtual JACK frames for every device frame read
     if dll.ready:
-        jf = jack_frames_at(dll.t1, cycle)
+        jf = jack_frames_at(dll.t1, *cycle)
         E  = produced − (jf − read_offset) − target      # remove the first E at once (trim)
         ratio_used = loop.update(E)
         if loop.needs_resync: resync; loop.reset(loop.learned_ratio, warm=True)
@@ -76,9 +76,9 @@ TWO_PI = 2.0 * math.pi
 SQRT2 = math.sqrt(2.0)
 
 
-def jack_frames_at(t: float, cycle) -> float:
-    """JACK frame position at time t [s] from a cycle record (frames, t_start_us, t_next_us, nframes)."""
-    frames, t_start, t_next, nframes = cycle
+def jack_frames_at(t: float, frames: float, t_start: float, t_next: float, nframes: float) -> float:
+    """JACK frame position at time t [s] from a cycle record: its first frame, its start and the
+    next cycle's start [us], its length (plain numbers: nothing made per call)."""
     span = t_next - t_start
     if span <= 0:
         return float(frames)
@@ -124,9 +124,6 @@ class PeriodDLL:
         """Filtered device rate [frames/s] of the card against CLOCK_MONOTONIC."""
         return self.period / self.period_time
 
-    @property
-    def current_bandwidth(self) -> float:
-        return self._bw
 
     def time_at(self, frames: float) -> float:
         """Time [s] at which the card reached `frames` (same count as `frames`), linear from t1."""
@@ -306,10 +303,6 @@ class RatioLoop:
             return (self.nominal_ratio / r_int - 1.0) * 1e6
         return (r_int / self.nominal_ratio - 1.0) * 1e6
 
-    @property
-    def integrator_ratio(self) -> float:
-        """The ratio the integrator alone has learnt (the smooth clock-offset estimate)."""
-        return self.nominal_ratio * (1.0 - self._z3)
 
     # -- per period -----------------------------------------------------------------------------
     def update(self, error: float) -> float:
@@ -357,8 +350,9 @@ class RatioLoop:
         Per block of `adapt_seconds`: tracking = mean ratio error over the block, from the change
         of the block-mean delay error (ΔE / (T·jack_rate)); noise = rms of the ratio around its
         straight-line trend within the block. Tracking error falls as B⁻², ratio noise grows
-        about as B^1.5, so their sum is smallest where tracking = 0.75·noise; each block moves B
-        by (tracking / (0.75·noise))^(1/3.5), at most ×2 or ÷2.
+        about as B^1.5, so their sum is smallest where tracking = balance·noise; each block moves
+        B by (tracking / (balance·noise))^(1/3.5), by at most ×/÷`max_step`, within
+        [min_bandwidth, max_bandwidth] (halving from a wider start until it is inside).
         """
         self._elapsed += 1.0 / self.update_rate
         if self._elapsed < self.wide_seconds:

@@ -49,6 +49,3 @@ class NotPermitted(CardBridgeError):
 
 class Internal(CardBridgeError):
     name = "Internal"
-
-
-ALL = (NoSuchDevice, NoSuchBridge, AlreadyAttached, InvalidArgument, DeviceBusy, NotPermitted, Internal)

@@ -168,7 +168,9 @@ class JackLink:
         except asyncio.TimeoutError:
             pass
 
-    def _in_thread(self, func, *args) -> asyncio.Future:
+    def in_thread(self, func, *args) -> asyncio.Future:
+        """Run `func(*args)` in the link's own thread (libjack calls may block: never on the
+        event loop); await the result."""
         return self._loop.run_in_executor(self._thread, func, *args)
 
     # ----------------------------------------------------------------- the client
@@ -214,7 +216,7 @@ class JackLink:
         # The open runs on in its thread even if we are cancelled meanwhile; stop() waits for
         # it and closes what it opened (a jack.Client left to the garbage collector closes
         # itself there, which crashes libjack once its server is gone).
-        self._opening = self._in_thread(self._open_blocking)
+        self._opening = self.in_thread(self._open_blocking)
         try:
             client = await asyncio.shield(self._opening)
         except jack.JackError:
@@ -228,7 +230,7 @@ class JackLink:
             if self._opening is not None and self._opening.done():
                 self._opening = None
         if self._stopping:
-            await self._in_thread(_close_blocking, client)
+            await self.in_thread(_close_blocking, client)
             return False
         self._client = client
         self._lost = False
@@ -243,7 +245,7 @@ class JackLink:
             client = await opening
         except BaseException:
             return
-        await self._in_thread(_close_blocking, client)
+        await self.in_thread(_close_blocking, client)
 
     async def _drop_client(self) -> None:
         client, self._client = self._client, None
@@ -251,7 +253,7 @@ class JackLink:
         if client is None:
             return
         try:
-            await asyncio.wait_for(self._in_thread(_close_blocking, client), CLOSE_TIMEOUT)
+            await asyncio.wait_for(self.in_thread(_close_blocking, client), CLOSE_TIMEOUT)
         except asyncio.TimeoutError:
             # Nothing else in this process may open a client while this close hangs (libjack
             # would free it under our feet): the next open waits in the same thread.

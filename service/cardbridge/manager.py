@@ -120,7 +120,7 @@ class Manager:
                     await asyncio.wait_for(stopper.stop(), 1.0)
                 except (asyncio.TimeoutError, Exception) as exc:
                     log.debug("stop: %s", exc)
-        self._save()
+        await self._save_now()
 
     # -- config ----------------------------------------------------------------------------------
     def _overrides(self) -> dict:
@@ -346,9 +346,7 @@ class Manager:
         bridge.device_added()
         if bridge.spec.pcm != dev.pcm:
             bridge.spec.pcm = dev.pcm
-            bridge.spec.learnt_ppm = bridge.learnt_drift()   # same card, same clock
-            await bridge.stop()
-            await bridge.start()
+            await bridge.respawn()      # a new worker, starting from the drift learnt so far
 
     async def _guarded(self, coro) -> None:
         try:
@@ -393,7 +391,13 @@ class Manager:
         self._save()
 
     def _save(self) -> None:
+        """Save the state soon, off the event loop (store.py)."""
+        self.store.request_save()
+
+    async def _save_now(self) -> None:
+        """The last save, when stopping: every earlier one done, then this one."""
+        await self.store.flush()
         try:
-            self.store.save()
+            await asyncio.get_running_loop().run_in_executor(None, self.store.save)
         except OSError as exc:
             log.error("cannot save the state to %s: %s", self.store.path, exc.strerror)

@@ -7,21 +7,16 @@ from __future__ import annotations
 
 import re
 
+# States a bridge reports (Bridge.State), defined with the table of bridge statistics.
+from .bridgestats import (FAILED, RUNNING, STARTING, STATES, SYNCING,  # noqa: F401
+                          WAITING_FOR_DEVICE, WAITING_FOR_JACK)
+
 BUS_NAME = "org.cardbridge.CardBridge1"
 MANAGER_PATH = "/org/cardbridge/CardBridge1"
 BRIDGE_PATH_PREFIX = MANAGER_PATH + "/bridge"
 MANAGER_IFACE = "org.cardbridge.CardBridge1.Manager"
 BRIDGE_IFACE = "org.cardbridge.CardBridge1.Bridge"
 ERROR_PREFIX = "org.cardbridge.CardBridge1.Error"
-
-# States a bridge reports (Bridge.State).
-STARTING = "starting"
-SYNCING = "syncing"
-RUNNING = "running"
-WAITING_FOR_DEVICE = "waiting-for-device"
-WAITING_FOR_JACK = "waiting-for-jack"
-FAILED = "failed"
-STATES = (STARTING, SYNCING, RUNNING, WAITING_FOR_DEVICE, WAITING_FOR_JACK, FAILED)
 
 QUALITIES = ("best", "medium", "fastest", "linear")
 

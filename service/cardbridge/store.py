@@ -2,10 +2,14 @@
 
 Main asyncio process. Written atomically (temporary file, fsync, rename, fsync of the directory);
 a corrupt or unreadable file is moved aside, reported once, and never overwritten with nothing.
+`request_save()` takes a copy of the state on the event loop and writes it in a worker thread
+(the fsyncs may take long on a busy disk); saves asked for while one is being written are
+coalesced into one, the newest. `flush()` waits for the last; `save()` writes at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -33,6 +37,8 @@ class StateStore:
         self.path = self.dir / "state.json"
         self.data: dict = {name: {} for name in SECTIONS}
         self.problem: str | None = None
+        self._pending: str | None = None          # the newest text not yet being written
+        self._writer: asyncio.Task | None = None
 
     def load(self) -> dict:
         try:
@@ -63,9 +69,36 @@ class StateStore:
             self.data[name] = dict(data.get(name, {}))
         return self.data
 
+    def _text(self) -> str:
+        return json.dumps({"version": 1, **self.data}, indent=2, sort_keys=True)
+
     def save(self) -> None:
+        """Write the state now (blocking; raises OSError)."""
+        self._write(self._text())
+
+    def request_save(self) -> None:
+        """Save soon, off the event loop (loop thread only); errors are logged."""
+        self._pending = self._text()
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_pending(),
+                                                                  name="state-save")
+
+    async def flush(self) -> None:
+        """Wait until every requested save is on disk (or has failed and been logged)."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
+
+    async def _write_pending(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending is not None:
+            text, self._pending = self._pending, None
+            try:
+                await loop.run_in_executor(None, self._write, text)
+            except OSError as exc:
+                log.error("cannot save the state to %s: %s", self.path, exc.strerror)
+
+    def _write(self, text: str) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"version": 1, **self.data}, indent=2, sort_keys=True)
         fd, tmp = tempfile.mkstemp(prefix=".state.", dir=self.dir)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:

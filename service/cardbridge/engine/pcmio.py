@@ -1,19 +1,19 @@
-"""ALSA side of a bridge: opening a PCM with pyalsaaudio, and the device's sample formats.
+"""Opening a card's PCMs with pyalsaaudio, and what its errors mean.
 
-Runs in the bridge worker's ALSA thread, outside its real-time loop (the per-period conversion
-is C code: periodpath_c.py; `decode`/`encode` here give tests and tools the same codec).
+Runs in the bridge worker: the ALSA thread opens and closes PCMs between runs of its stream, the
+control thread probes a card's channel counts. The per-period sample conversion is C
+(csrc/periodpath.c).
 """
 
 from __future__ import annotations
 
 import errno
+import os
 from dataclasses import dataclass
 
 import alsaaudio
-import numpy as np
 
-from ._rtcore import ffi, lib
-from .stats import FORMAT_CODES as FORMAT_NAMES
+from ..bridgestats import FORMATS as FORMAT_NAMES
 
 # Preferred order: what costs least to convert first; every format real USB cards offer.
 FORMATS = (
@@ -23,14 +23,15 @@ FORMATS = (
     ("S16_LE", alsaaudio.PCM_FORMAT_S16_LE, 2),
 )
 _BY_CODE = {code: (name, width) for name, code, width in FORMATS}
-_WIDTH = {name: width for name, _, width in FORMATS}
-# the numbers the stats slot publishes (DeviceFormat) and the C path switches on (periodpath_c.py)
+# the numbers the stats slot publishes (DeviceFormat) and the C path switches on
 FORMAT_CODES = {name: code for code, name in enumerate(FORMAT_NAMES) if name}
 
-# Errors that mean "the device is not there (any more)".
+# Errors that mean "the device is not there (any more)". pyalsaaudio gives only alsa-lib's
+# message (snd_strerror: the C library's strerror, in this process's locale), so the texts are
+# those of the errnos, taken from the same C library.
 GONE_ERRNOS = (errno.ENODEV, errno.ENOENT, errno.ENXIO, errno.EBADFD, errno.ESHUTDOWN)
-GONE_WORDS = ("No such device", "No such file", "No such device or address",
-              "File descriptor in bad state", "Cannot send after transport endpoint shutdown")
+_GONE_TEXTS = tuple(os.strerror(code) for code in GONE_ERRNOS)
+_NO_SUCH_FILE = os.strerror(errno.ENOENT)
 
 
 class DeviceGone(Exception):
@@ -43,7 +44,7 @@ class DeviceError(Exception):
 
 def classify(exc: Exception) -> Exception:
     text = str(exc)
-    if any(word in text for word in GONE_WORDS):
+    if any(word in text for word in _GONE_TEXTS):
         return DeviceGone(text)
     return DeviceError(text)
 
@@ -86,8 +87,7 @@ def open_pcm(device: str, stream: str, channels: int | None, rate: int, period: 
             last_error = DeviceError(f"unsupported sample format {info.get('format_name')}")
             continue
         got_name, got_width = _BY_CODE[got_code]
-        if channels is None and info["channels"] != want_channels:
-            pass  # "all the card has": accept what the device settled on
+        # with channels None ("all the card has") the device may settle on other than 2
         params = PcmParams(device, stream, info["channels"], info["rate"], info["period_size"],
                            info["periods"], got_name, got_width)
         if params.rate != rate and strict_rate:
@@ -104,7 +104,7 @@ def max_channels(device: str, stream: str) -> int | None:
         pcm = alsaaudio.PCM(type=kind, mode=alsaaudio.PCM_NONBLOCK, device=device)
     except alsaaudio.ALSAAudioError as exc:
         err = classify(exc)
-        if isinstance(err, DeviceGone) and "No such file" in str(exc):
+        if isinstance(err, DeviceGone) and _NO_SUCH_FILE in str(exc):
             return 0  # the card has no such stream
         raise err from exc
     try:
@@ -114,24 +114,3 @@ def max_channels(device: str, stream: str) -> int | None:
         return None
     finally:
         pcm.close()
-
-
-def decode(format_name: str, data: bytes, channels: int) -> np.ndarray:
-    """Device bytes → float32 frames (frames, channels), through the compiled codec that the
-    ALSA thread's per-period path uses (periodpath_c.py). Not for the real-time loop: it
-    allocates."""
-    width = _WIDTH[format_name]
-    samples = len(data) // width
-    out = np.zeros(samples, np.float32)
-    lib.cb_decode(FORMAT_CODES[format_name], data, ffi.from_buffer("float[]", out), samples)
-    return out.reshape(-1, channels)
-
-
-def encode(format_name: str, frames: np.ndarray) -> bytes:
-    """float32 frames → device bytes, clipped to full scale (NaN as silence), through the
-    compiled codec. Not for the real-time loop: it allocates."""
-    flat = np.ascontiguousarray(frames, np.float32).reshape(-1)
-    out = bytearray(flat.size * _WIDTH[format_name])
-    lib.cb_encode(FORMAT_CODES[format_name], ffi.from_buffer("float[]", flat),
-                  ffi.from_buffer(out), flat.size)
-    return bytes(out)

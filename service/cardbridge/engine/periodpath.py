@@ -1,5 +1,5 @@
 """One direction of a bridge's per-period path: the device's sample format, libsamplerate and
-the ring of the JACK side, all in the compiled core (periodpath_c.py).
+its ring of the queues to the JACK side, all in the compiled core (csrc/periodpath.c).
 
 A `SidePath` is made and closed by the bridge worker's ALSA thread outside its real-time loop,
 which allocates every buffer; `capture_rt` and `playback_rt` run inside the loop, once per device
@@ -46,11 +46,12 @@ class SidePath:
     """The C state of one direction: a libsamplerate converter and its preallocated buffers.
 
     Capture: `capture_rt(data, ratio)` decodes one period of device bytes, resamples it and
-    appends it to the capture ring. Playback: `playback_rt(ratio)` resamples JACK frames from the
-    playback ring into one device period and leaves it, encoded, in `payload`.
+    appends it to `ring` (the queues' capture ring). Playback: `playback_rt(ratio)` resamples JACK
+    frames from `ring` (the playback ring) into one device period and leaves it, encoded, in
+    `payload`.
     """
 
-    def __init__(self, core, params: PcmParams, converter: str, period: int, ratio: float,
+    def __init__(self, ring, params: PcmParams, converter: str, period: int, ratio: float,
                  prefill: int = 0):
         bind_libsamplerate()
         ch = params.channels
@@ -60,7 +61,7 @@ class SidePath:
         else:
             in_frames = int(math.ceil(period / ratio * RATIO_ROOM)) + 8
             out_frames = 4 * period          # the fifo: never more than a period and one pull
-        self.core = core
+        self.ring = ring
         self._in = ffi.new("float[]", in_frames * ch)
         self._out = ffi.new("float[]", out_frames * ch)
         self._bytes = ffi.new("char[]", period * ch * params.width)
@@ -92,8 +93,8 @@ class SidePath:
     def capture_rt(self, data: bytes, ratio: float) -> int:
         """One period of device bytes → JACK frames in the capture ring (never more than a period,
         never read past `data`); -1 on a resampler error."""
-        return lib.cb_capture_period(self.core, self.side, data, len(data), ratio)
+        return lib.cb_capture_period(self.ring, self.side, data, len(data), ratio)
 
     def playback_rt(self, ratio: float) -> int:
         """One device period from the playback ring into `payload`; -1 on a resampler error."""
-        return lib.cb_playback_period(self.core, self.side, ratio)
+        return lib.cb_playback_period(self.ring, self.side, ratio)

@@ -1,9 +1,14 @@
-"""Per-bridge statistics slot: a small shared-memory array that a bridge worker writes and the
-main process reads at 2–5 Hz.
+"""A bridge's shared statistics slot: a small file in shared memory, one record per writer.
 
-Writers are the worker's threads (the ALSA thread writes through `publish_rt`, which only stores
-floats into a preallocated array); the reader is the main asyncio process. A sequence counter
-(odd while a write is under way) gives the reader a consistent copy without any lock.
+Written in the bridge worker, read in the main process (the supervisor, 4 times a second).
+The layout comes from the table of bridge statistics (cardbridge/bridgestats.py): one record for
+the ALSA thread ("stream") and one for the worker's control thread ("worker"), each a sequence
+counter followed by its values as float64. Each record has exactly one writer, which makes the
+counter odd while it writes and even when done; the reader copies a record until it sees the
+same even counter before and after, so it never takes a torn record and never takes a lock.
+
+`Record.values` is the writer's preallocated array: the ALSA thread stores floats into it
+between `begin()` and `end()` and allocates nothing.
 """
 
 from __future__ import annotations
@@ -13,21 +18,67 @@ import os
 
 import numpy as np
 
-from .. import names
+from .. import bridgestats
 
-FIELDS = (
-    "seq", "state", "ratio", "drift_ppm", "delay_error", "capture_latency", "playback_latency",
-    "xruns", "underruns", "restarts", "capture_channels", "playback_channels", "rate", "period",
-    "periods", "jack_rate", "jack_period", "locked", "heartbeat", "device_format", "jack_lost",
-)
-INDEX = {name: i for i, name in enumerate(FIELDS)}
-SIZE = len(FIELDS) * 8
-STATE_CODES = {state: i for i, state in enumerate(names.STATES)}
-FORMAT_CODES = ("", "FLOAT_LE", "S32_LE", "S24_3LE", "S16_LE")
+WRITERS = ("stream", "worker")
+LAYOUT = {writer: bridgestats.of_source(writer) for writer in WRITERS}
+_OFFSETS = {}
+_at = 0
+for _writer in WRITERS:
+    _OFFSETS[_writer] = _at
+    _at += 1 + len(LAYOUT[_writer])
+SIZE = _at * 8
+
+
+class Record:
+    """One writer's part of the slot: `index[key]` into `values`, guarded by `values[0]`-1."""
+
+    def __init__(self, mapping: mmap.mmap, writer: str):
+        keys = LAYOUT[writer]
+        self.keys = keys
+        self._seq = np.frombuffer(mapping, dtype=np.float64, count=1, offset=_OFFSETS[writer] * 8)
+        self.values = np.frombuffer(mapping, dtype=np.float64, count=len(keys),
+                                    offset=(_OFFSETS[writer] + 1) * 8)
+        self.index = {key: i for i, key in enumerate(keys)}
+
+    # -- the writer ---------------------------------------------------------------------------
+    def begin(self) -> None:
+        self._seq[0] += 1.0
+
+    def end(self) -> None:
+        self._seq[0] += 1.0
+
+    def set(self, **fields: float) -> None:
+        """Store several values as one consistent update (not for the per-period path)."""
+        self.begin()
+        for key, value in fields.items():
+            self.values[self.index[key]] = value
+        self.end()
+
+    def add(self, key: str, amount: float = 1.0) -> None:
+        self.begin()
+        self.values[self.index[key]] += amount
+        self.end()
+
+    def get(self, key: str) -> float:
+        """The writer's own last value (only the writer may rely on it without a copy)."""
+        return float(self.values[self.index[key]])
+
+    # -- a reader -----------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, float] | None:
+        """A consistent copy, or None if the writer kept writing during 100 attempts."""
+        for _ in range(100):
+            before = float(self._seq[0])
+            if int(before) % 2:
+                continue
+            copy = self.values.copy()
+            if float(self._seq[0]) == before:
+                return {key: float(copy[i]) for i, key in enumerate(self.keys)}
+        return None
 
 
 class StatsSlot:
-    """A mapped statistics array; `create=True` makes the backing file (main process side)."""
+    """The mapped slot; `create=True` makes the backing file (main process side)."""
 
     def __init__(self, path: str, create: bool = False):
         self.path = path
@@ -39,53 +90,23 @@ class StatsSlot:
             self._map = mmap.mmap(fd, SIZE)
         finally:
             os.close(fd)
-        self.values = np.frombuffer(self._map, dtype=np.float64, count=len(FIELDS))
+        self.stream = Record(self._map, "stream")
+        self.worker = Record(self._map, "worker")
+        self._last: dict[str, float] = {key: 0.0 for writer in WRITERS for key in LAYOUT[writer]}
 
-    # -- writer side ------------------------------------------------------------------------
-    def begin_rt(self) -> None:
-        self.values[0] += 1.0
-
-    def end_rt(self) -> None:
-        self.values[0] += 1.0
-
-    def set_rt(self, index: int, value: float) -> None:
-        self.values[index] = value
-
-    def set_state(self, state: str) -> None:
-        self.begin_rt()
-        self.values[INDEX["state"]] = STATE_CODES[state]
-        self.end_rt()
-
-    def add(self, name: str, amount: float = 1.0) -> None:
-        self.begin_rt()
-        self.values[INDEX[name]] += amount
-        self.end_rt()
-
-    def set(self, **fields: float) -> None:
-        """Non-real-time convenience for the worker's control thread."""
-        self.begin_rt()
-        for key, value in fields.items():
-            self.values[INDEX[key]] = value
-        self.end_rt()
-
-    # -- reader side ------------------------------------------------------------------------
-    def snapshot(self) -> dict:
-        for _ in range(100):
-            before = self.values[0]
-            copy = self.values.copy()
-            if before == self.values[0] and int(before) % 2 == 0:
-                break
-        out = {name: float(copy[i]) for i, name in enumerate(FIELDS)}
-        out["state"] = names.STATES[int(out["state"]) % len(names.STATES)]
-        code = int(out["device_format"])
-        out["device_format"] = FORMAT_CODES[code] if 0 <= code < len(FORMAT_CODES) else ""
-        return out
+    def snapshot(self) -> dict[str, float]:
+        """Every value of both records; a record caught mid-write keeps its previous copy."""
+        for record in (self.stream, self.worker):
+            copy = record.snapshot()
+            if copy is not None:
+                self._last.update(copy)
+        return dict(self._last)
 
     def close(self) -> None:
-        self.values = None
+        self.stream = self.worker = None
         try:
             self._map.close()
-        except BufferError:
+        except BufferError:    # a numpy view is still alive somewhere; the map goes with it
             pass
 
     def unlink(self) -> None:

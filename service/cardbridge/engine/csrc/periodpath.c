@@ -1,52 +1,28 @@
-"""C source of the ALSA thread's per-period path, compiled into `cardbridge.engine._rtcore`.
+/* One direction of a bridge worker's per-period work, in the ALSA thread.
+ *
+ * Runs in the worker's ALSA thread (cffi releases the GIL around each call), once or twice per
+ * device period: sample conversion between the device's format and float32, resampling with
+ * libsamplerate, and the transfer between the resampler and a ring of the JACK side
+ * (rtcore.h). Never allocates, locks or blocks: every buffer is allocated by Python
+ * (periodpath.py) before the stream starts.
+ *
+ * libsamplerate is the one inside the `samplerate` package (python-samplerate links it in and
+ * exports its C API): cb_src_bind looks its functions up in that already loaded module, so that
+ * the bridge resamples with exactly the library the project depends on, without the Python call
+ * and the output array of Resampler.process each period.
+ */
 
-The functions here run in the bridge worker's ALSA thread (cffi releases the GIL around each
-call), once or twice per device period: sample conversion between the device's format and
-float32, resampling with libsamplerate, and the transfer between the resampler and the rings of
-the JACK side (`cb_core`, rtcore_build.py). They never allocate, lock or block: every buffer is
-allocated by Python (periodpath.py) before the stream starts.
-
-libsamplerate is the one inside the `samplerate` package (python-samplerate links it in and
-exports its C API): `cb_src_bind` looks its functions up in that already loaded module, so that
-the bridge resamples with exactly the library the project depends on, without the Python call
-and the output array of `Resampler.process` each period.
-"""
-
-SIDE_STRUCT = """
-typedef struct {
-    void *src;                  /* SRC_STATE * of libsamplerate */
-    uint32_t channels;
-    uint32_t format;            /* CB_FORMAT_* */
-    uint32_t width;             /* bytes per sample in that format */
-    uint32_t period;            /* device frames per period */
-    float *in_buf;              /* resampler input: in_frames x channels */
-    uint32_t in_frames;
-    float *out_buf;             /* resampler output (playback: the fifo of device frames) */
-    uint32_t out_frames;
-    uint32_t fifo_len;          /* playback: device frames waiting in `out` */
-    char *bytes;                /* playback: one period in the device's format */
-    double u_count;             /* playback: device frames produced, virtual (sum of take x ratio) */
-    uint64_t underruns;         /* playback: pulls that found JACK frames missing */
-    int error;                  /* the last libsamplerate error (0: none) */
-} cb_side;
-"""
-
-CDEF = SIDE_STRUCT + """
-int cb_src_bind(const char *module_path);
-int cb_side_open(cb_side *s, int converter);
-void cb_side_close(cb_side *s);
-const char *cb_src_strerror(int error);
-void cb_decode(uint32_t format, const char *src, float *dst, uint64_t samples);
-void cb_encode(uint32_t format, const float *src, char *dst, uint64_t samples);
-int64_t cb_capture_period(cb_core *c, cb_side *s, const char *data, uint64_t nbytes,
-                          double ratio);
-int64_t cb_playback_period(cb_core *c, cb_side *s, double ratio);
-"""
-
-SOURCE = SIDE_STRUCT + r"""
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
 #include <dlfcn.h>
 
-/* The device formats, numbered as stats.FORMAT_CODES (pcmio.FORMAT_CODES). */
+#include "rtcore.h"
+
+#define LOAD_ACQ(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define STORE_REL(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+
+/* The device formats, numbered as bridgestats.FORMATS. */
 #define CB_FLOAT_LE 1
 #define CB_S32_LE 2
 #define CB_S24_3LE 3
@@ -240,10 +216,10 @@ static int64_t resample(cb_side *s, uint32_t frames, uint32_t at, uint32_t room,
 
 /* Capture, one device period of `nbytes` bytes: decode, resample at `ratio`, append to the
    capture ring. Returns the JACK frames appended, or -1 (libsamplerate error in s->error). */
-int64_t cb_capture_period(cb_core *c, cb_side *s, const char *data, uint64_t nbytes, double ratio)
+int64_t cb_capture_period(cb_ring *r, cb_side *s, const char *data, uint64_t nbytes, double ratio)
 {
     uint32_t ch = s->channels;
-    if (ch != c->n_capture) {
+    if (ch != r->channels) {
         s->error = -2;
         return -1;
     }
@@ -253,13 +229,13 @@ int64_t cb_capture_period(cb_core *c, cb_side *s, const char *data, uint64_t nby
     int64_t m = resample(s, frames, 0, s->out_frames, ratio);
     if (m < 0)
         return -1;
-    uint64_t wr = c->capture_wr;
-    uint64_t mask = c->capture_size - 1;
+    uint64_t wr = r->wr;
+    uint64_t mask = r->size - 1;
     uint64_t start = wr & mask;
-    uint64_t first = (uint64_t)m < c->capture_size - start ? (uint64_t)m : c->capture_size - start;
-    memcpy(c->capture_ring + start * ch, s->out_buf, first * ch * sizeof(float));
-    memcpy(c->capture_ring, s->out_buf + first * ch, ((uint64_t)m - first) * ch * sizeof(float));
-    STORE_REL(&c->capture_wr, wr + (uint64_t)m);
+    uint64_t first = (uint64_t)m < r->size - start ? (uint64_t)m : r->size - start;
+    memcpy(r->data + start * ch, s->out_buf, first * ch * sizeof(float));
+    memcpy(r->data, s->out_buf + first * ch, ((uint64_t)m - first) * ch * sizeof(float));
+    STORE_REL(&r->wr, wr + (uint64_t)m);
     return m;
 }
 
@@ -268,17 +244,17 @@ int64_t cb_capture_period(cb_core *c, cb_side *s, const char *data, uint64_t nby
    JACK has not written yet are silence (the ring still holds what it wrote a ring length ago,
    which must not be played again: a late echo), counted in s->underruns. Returns the JACK
    frames taken, or -1 (libsamplerate error in s->error). */
-int64_t cb_playback_period(cb_core *c, cb_side *s, double ratio)
+int64_t cb_playback_period(cb_ring *r, cb_side *s, double ratio)
 {
     uint32_t ch = s->channels;
     uint32_t period = s->period;
-    uint64_t mask = c->playback_size - 1;
-    if (ch != c->n_playback) {
+    uint64_t mask = r->size - 1;
+    if (ch != r->channels) {
         s->error = -2;
         return -1;
     }
-    uint64_t c_pos = LOAD_ACQ(&c->playback_rd);
-    uint64_t w_now = LOAD_ACQ(&c->playback_wr);
+    uint64_t c_pos = r->rd;
+    uint64_t w_now = LOAD_ACQ(&r->wr);
     int64_t taken = 0;
     while (s->fifo_len < period) {
         uint64_t take = (uint64_t)ceil((double)(period - s->fifo_len) / ratio) + 1;
@@ -286,9 +262,9 @@ int64_t cb_playback_period(cb_core *c, cb_side *s, double ratio)
             take = s->in_frames;
         int64_t have = (int64_t)(w_now - c_pos);
         uint64_t start = c_pos & mask;
-        uint64_t first = take < c->playback_size - start ? take : c->playback_size - start;
-        memcpy(s->in_buf, c->playback_ring + start * ch, first * ch * sizeof(float));
-        memcpy(s->in_buf + first * ch, c->playback_ring, (take - first) * ch * sizeof(float));
+        uint64_t first = take < r->size - start ? take : r->size - start;
+        memcpy(s->in_buf, r->data + start * ch, first * ch * sizeof(float));
+        memcpy(s->in_buf + first * ch, r->data, (take - first) * ch * sizeof(float));
         if (have < (int64_t)take) {
             uint64_t keep = have > 0 ? (uint64_t)have : 0;
             s->underruns++;
@@ -298,7 +274,7 @@ int64_t cb_playback_period(cb_core *c, cb_side *s, double ratio)
         if (k < 0)
             return -1;
         s->fifo_len += (uint32_t)k;
-        STORE_REL(&c->playback_rd, c_pos + take);
+        STORE_REL(&r->rd, c_pos + take);
         c_pos += take;
         taken += (int64_t)take;
         s->u_count += (double)take * ratio;
@@ -308,4 +284,3 @@ int64_t cb_playback_period(cb_core *c, cb_side *s, double ratio)
     memmove(s->out_buf, s->out_buf + (uint64_t)period * ch, (uint64_t)s->fifo_len * ch * sizeof(float));
     return taken;
 }
-"""
