@@ -215,6 +215,8 @@ class Bridge:
     def _set_state(self, event: StateEvent) -> None:
         if event != self._state:
             self._state = event
+            log.info("bridge %s: %s%s", self.spec.client_name, event.state,
+                     f" ({event.reason})" if event.reason else "")
             self._notify_stats()
 
     def stats(self) -> dict:
