@@ -4,8 +4,9 @@
 #                the virtual sound card plugin.  Idempotent.
 #   make test    setup + the whole test suite
 #   make demo    setup + the service on its embedded default (virtual cards, private JACK and bus)
-#   make bench   setup + benchmarks against zita-a2j/j2a and alsa_in/alsa_out
-#   make bench-scale  setup + 2..8 duplex bridges of cardbridge and zita, 5 minutes each (~90 min)
+#   make bench   setup + the per-direction matrix against zita-a2j/j2a and alsa_in/alsa_out,
+#                control-plane and hotplug figures (~40 min); BENCH_ARGS=--quick: ~5 min
+#   make bench-scale  setup + 8 and 16 duplex bridges of cardbridge and zita at 48 kHz / 128
 
 SHELL := /bin/bash
 VENV ?= .venv
@@ -15,15 +16,18 @@ PYTHON ?= python3
 BUILD := build
 VCARD_SO := $(BUILD)/alsa-lib/libasound_module_pcm_cbvcard.so
 VCARD_SRC := tests/testbench/vcard.c
+VCARD_HDR := tests/testbench/vcard_clock.h
+# the benchmarks' measuring tools (a C JACK client, the card's playback tap): built, never installed
+BENCH_TOOLS := $(BUILD)/bench/cbmeter $(BUILD)/bench/cbtap
 
 APT_PACKAGES := gcc make pkg-config python3-venv \
 	jackd2 libjack-jackd2-dev libasound2-dev libasound2-plugins alsa-utils \
 	dbus-daemon dbus-bin systemd zita-ajbridge qjackctl \
 	tmux iproute2 util-linux procps
 
-.PHONY: setup apt venv vcard test demo bench bench-scale man completions install-docs clean
+.PHONY: setup apt venv vcard bench-tools test demo bench bench-scale man completions install-docs clean
 
-setup: apt venv vcard man completions
+setup: apt venv vcard bench-tools man completions
 
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -46,11 +50,21 @@ $(VENV)/.installed: pyproject.toml setup.py service/cardbridge/engine/rtcore_bui
 
 venv: $(VENV)/.installed
 
-$(VCARD_SO): $(VCARD_SRC)
+$(VCARD_SO): $(VCARD_SRC) $(VCARD_HDR)
 	mkdir -p $(dir $@)
 	gcc -O2 -g -Wall -Wextra -fPIC -DPIC -shared -o $@ $< -lasound -lm -lrt -lpthread
 
 vcard: $(VCARD_SO)
+
+$(BUILD)/bench/cbmeter: tests/testbench/cbmeter.c
+	mkdir -p $(dir $@)
+	gcc -O2 -g -Wall -Wextra -o $@ $< -ljack -lm -lpthread
+
+$(BUILD)/bench/cbtap: tests/testbench/cbtap.c $(VCARD_HDR)
+	mkdir -p $(dir $@)
+	gcc -O2 -g -Wall -Wextra -o $@ $< -lm
+
+bench-tools: $(BENCH_TOOLS)
 
 man: venv
 	@mkdir -p $(BUILD)/man
@@ -76,11 +90,11 @@ demo: setup
 	PYTHONPATH=tests $(PY) -m testbench.demo
 
 bench: setup
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 # alsa_in is left out: alsa_out exits after its first underrun on the virtual cards
 bench-scale: setup
-	BENCH_BRIDGES=cardbridge,zita $(PY) benchmarks/run.py --only scale --scale 300
+	$(PY) benchmarks/run.py --only scale --kinds cardbridge,zita $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD) $(VENV) *.egg-info service/*.egg-info

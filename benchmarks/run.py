@@ -1,24 +1,23 @@
-"""Benchmark cardbridge against zita-a2j/zita-j2a and alsa_in/alsa_out, side by side, in one run.
+"""Benchmark what a listener gets from cardbridge, per direction, against each card's own clock,
+side by side with zita-a2j/zita-j2a (and alsa_in/alsa_out), in one run.
 
-Runs as its own process (`make bench`, or `.venv/bin/python benchmarks/run.py [--quick]`). Every
-bridge gets identical conditions: a private JACK dummy server, fresh virtual cards with the
-same clock offsets (one with wander, one at 44.1 kHz), the same ALSA period. Scenarios
-(benchmarks/scenarios.py):
+Runs as its own process (`make bench`, or `.venv/bin/python benchmarks/run.py [--quick]`).
 
-* loop: a click every second through both directions and the card's loop: lock time (10 s
-  windows of the round-trip delay's drift entering ±10 and ±2 ppm for good), steady ratio
-  error (median, p95), delay stability (p-p, MAD), measured vs reported round-trip latency,
-  CPU %, private memory, JACK xruns; 3 runs per card by default;
-* tone: THD+N of a 997 Hz sine through the same path;
-* stalls: 20 pauses of 100 ms (SIGSTOP/SIGCONT of the bridge's processes): time to a steady
-  delay again, and how often that never happens;
-* many: 4 duplex bridges of one kind on one server: JACK xruns, CPU, survivors;
-* scale (optional, --scale): 2, 4, 6, 8 bridges at 256 and 128 frames;
-* cardbridge only (the peers have neither): D-Bus call latency under a 200 calls/s flood
-  (benchmarks/control_plane.py) and hotplug latency (benchmarks/hotplug_latency.py).
+* matrix: cells (benchmarks/cells.py), each a JACK configuration with four virtual cards of
+  different kinds; each cell runs once per bridge kind, one kind after the other, on fresh
+  cards and a fresh JACK server (stage.py): the cards' capture is a sine per channel tied to the
+  card's frame index, a C measuring client plays a sine per channel tied to JACK's frame index
+  into the bridges and records them, a tap reads what each card played and when. Per card and
+  direction (direction.py): lock time, steady ratio error, THD+N per 10 s window, measured vs
+  reported latency, re-lock and delay after a card xrun (the card's pointer stalls) and after a
+  100 ms stop of every bridge process; JACK and card xruns, CPU.
+* scale (--only scale, `make bench-scale`): 8 and 16 duplex bridges at 48 kHz / 128, JACK
+  xruns and CPU per bridge, cardbridge beside zita.
+* cardbridge only: D-Bus call latency under a 200 calls/s flood (benchmarks/control_plane.py)
+  and hotplug latency (benchmarks/hotplug_latency.py).
+* --clock-check: which clock jack_get_time() and the dummy driver follow here.
 
-Results: benchmarks/results/<time>/results.json, results.md (medians [min–max], ratios against
-each peer) and PNG plots of delay and ratio error over time per card.
+Results: benchmarks/results/<time>/ (or --out): results.json, results.md, a PNG per card.
 """
 
 from __future__ import annotations
@@ -28,297 +27,192 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import shutil
-import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
-
-import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "service"))
-sys.path.insert(0, str(REPO / "tests"))      # the test bench (virtual cards, JACK, buses)
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
-
+sys.path.insert(0, str(REPO / "tests"))      # the test bench (virtual cards, JACK, tools)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests"),
+                                                         os.environ.get("PYTHONPATH")]))
 
-from testbench.vcard import VirtualCard  # noqa: E402
-
-import scenarios  # noqa: E402
+import analysis  # noqa: E402
+import cells  # noqa: E402
+import report  # noqa: E402
+import stage  # noqa: E402
 from bridges import KINDS  # noqa: E402
 
-RATE = 48000
-PERIOD = 256
-BRIDGES = tuple(os.environ.get("BENCH_BRIDGES", ",".join(KINDS)).split(","))
+METHOD = (
+    "Method: every card is a virtual card with its own clock (CLOCK_MONOTONIC scaled by its "
+    "offset and wander). Capture carries the card's own sine per channel (997 Hz + 2 Hz per "
+    "channel, −6 dBFS, an exact function of the card's frame index); playback carries the "
+    "measuring client's sine per channel tied to JACK's frame index. Blocks of ~85 ms are fitted "
+    "(four-parameter sine fit); each block's phase gives the source frame it carries, so each "
+    "direction's delay in JACK frames is known against the card's frame counter, on one time "
+    "axis (JACK's dummy driver follows CLOCK_MONOTONIC_RAW, converted with a fit per run). "
+    "Ratio error: slope of that delay over 4 s windows (median of pairwise slopes). Lock: the "
+    "window end from which the error stays within the limit for 5 s, counted from the start of "
+    "the bridges. p95 and median: windows after {steady:g} s outside the events and {settle:g} s "
+    "after them. THD+N: residual of every block's fit over the tone's power per 10 s window (a "
+    "block without the tone counts as lost); worst over windows without a card xrun. Latency: "
+    "measured delay before the events minus the port latency the bridge reports to JACK. "
+    "Events: at {stall:g} s every card's pointer stalls {stall_ms:g} ms (a card xrun; "
+    "'delay after card xrun' is the delay once re-locked minus before), at {stop:g} s every "
+    "process of the bridges is stopped {stop_ms:g} ms (SIGSTOP/SIGCONT; re-lock: 2 s windows "
+    "within ±2 ppm for 5 s). {seconds:g} s per cell and kind.")
 
 
-# -- report -------------------------------------------------------------------------------------------
-
-SUMMARY_KEYS = ("lock_10ppm_s", "lock_2ppm_s", "lock_2ppm_trend_s", "ratio_err_median_ppm",
-                "ratio_err_p95_ppm", "delay_pp_frames", "delay_mad_frames", "odd_clicks",
-                "round_trip_frames",
-                "reported_latency_frames", "cpu_percent", "rss_mb", "jack_xruns")
+def machine() -> str:
+    return f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"
 
 
-def med(values):
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return None
-    return statistics.median(vals), (min(vals), max(vals)), len(values) - len(vals)
-
-
-def fmt(entry) -> str:
-    if entry is None:
-        return "never"
-    m, (lo, hi), missing = entry
-    text = f"{m:.3g}" if lo == hi else f"{m:.3g} [{lo:.3g}–{hi:.3g}]"
-    return text + (f" ({missing}× never)" if missing else "")
-
-
-def loop_report(results: list[dict], meta: dict) -> list[str]:
-    lines = [f"Machine: {meta['machine']}; {meta['runs']} run(s) per bridge and card, "
-             f"{meta['seconds']:.0f} s each; JACK dummy {RATE} Hz / {PERIOD}, ALSA period {PERIOD} × 2. "
-             "Values: median [min–max]. Lock times from the click series (10 s windows of the "
-             "round-trip delay's drift, so 10.5 s is the earliest measurable): lock_2ppm_s from "
-             "the window's two end clicks, lock_2ppm_trend_s from the median of its pairwise "
-             "slopes (one odd click does not count as ten seconds of ratio error). odd_clicks: "
-             "clicks in the second half more than a frame from the median of the 11 around "
-             "them. Round trip includes both directions of each bridge.", ""]
-    cards = sorted({r["card"] for r in results})
-    for card in cards:
-        rows = {k: [r for r in results if r["card"] == card and r["bridge"] == k] for k in BRIDGES}
-        first = next(r for r in results if r["card"] == card)
-        lines.append(f"### {card} ({first['ppm']:+.0f} ppm"
-                     f"{', %.0f ppm wander' % first['wander_ppm'] if first['wander_ppm'] else ''}"
-                     f"{', %d Hz' % first['rate'] if first.get('rate', RATE) != RATE else ''})")
-        failures = [f"{r['bridge']} (run {r['run'] + 1}): {r['failed']}" for r in results
-                    if r["card"] == card and r.get("failed")]
-        if failures:
-            lines += ["", "Failed runs: " + "; ".join(failures)]
-        broken = [f"{r['bridge']} (run {r['run'] + 1}): {r['broke_down']}" for r in results
-                  if r["card"] == card and r.get("broke_down")]
-        if broken:
-            lines += ["", "Broke down (still measured; their figures include it): "
-                      + "; ".join(broken)]
-        lines.append("")
-        lines.append("| metric | " + " | ".join(BRIDGES) + " | cardbridge / zita | cardbridge / alsa_in |")
-        lines.append("|---|" + "---|" * (len(BRIDGES) + 2))
-        for key in SUMMARY_KEYS:
-            stats = {k: med([r.get(key) for r in rows[k]]) for k in BRIDGES}
-            ratios = []
-            for peer in ("zita", "alsa_in"):
-                a, b = stats.get("cardbridge"), stats.get(peer)
-                ratios.append(f"{a[0] / b[0]:.2f}" if a and b and b[0] else "–")
-            lines.append(f"| {key} | " + " | ".join(fmt(stats[k]) for k in BRIDGES) + " | "
-                         + " | ".join(ratios) + " |")
-        lines.append("")
-    return lines
-
-
-def ratio_cells(values: dict, key: str = "") -> list[str]:
-    """cardbridge against each peer: a ratio, or a difference for levels in dB."""
-    cells = []
-    for peer in ("zita", "alsa_in"):
-        a, b = values.get("cardbridge"), values.get(peer)
-        if not (isinstance(a, (int, float)) and isinstance(b, (int, float))):
-            cells.append("–")
-        elif key.endswith("_db"):
-            cells.append(f"{a - b:+.1f} dB")
-        else:
-            cells.append(f"{a / b:.2f}" if b else "–")
-    return cells
-
-
-def kind_table(title: str, note: str, rows: list[dict], keys: tuple) -> list[str]:
-    """One row per metric, one column per bridge kind (median over its rows), and ratios."""
-    lines = [f"### {title}", "", note, "",
-             "| metric | " + " | ".join(BRIDGES) + " | cardbridge / zita | cardbridge / alsa_in |",
-             "|---|" + "---|" * (len(BRIDGES) + 2)]
-    for key in keys:
-        stats = {k: med([r.get(key) for r in rows if r["bridge"] == k]) for k in BRIDGES}
-        medians = {k: v[0] if v else None for k, v in stats.items()}
-        lines.append(f"| {key} | " + " | ".join(fmt(stats[k]) for k in BRIDGES) + " | "
-                     + " | ".join(ratio_cells(medians, key)) + " |")
-    failed = [f"{r['bridge']}: {r['failed']}" for r in rows if r.get("failed")]
-    broken = [f"{r['bridge']}: {r['broke_down']}" for r in rows if r.get("broke_down")]
-    return (lines + (["", "Failed: " + "; ".join(failed)] if failed else [])
-            + (["", "Broke down (still measured): " + "; ".join(broken)] if broken else []) + [""])
-
-
-def scale_cell(r: dict | None, count: int) -> str:
-    """One kind at one count: xruns, survivors, CPU and how many bridges broke down (counted
-    from measure_many's "bridge i: why; …" text)."""
-    if r is None:
-        return "–"
-    if r.get("failed"):
-        return r["failed"]
-    broken = len(re.findall(r"bridge \d+:", r.get("broke_down") or ""))
-    return (f"{r['jack_xruns']} xruns, {r['alive']}/{count} alive, {r['cpu_percent']:.0f} % CPU"
-            + (f", {broken} broke down" if broken else ""))
-
-
-def scale_report(rows: list[dict]) -> list[str]:
-    """Xruns, survivors and CPU per bridge count and period; then, per period and count, whether
-    every cardbridge bridge ran with JACK xruns no higher than zita's at the same count."""
-    kinds = [k for k in BRIDGES if any(r["bridge"] == k for r in rows)]
-    seconds = sorted({r["seconds"] for r in rows if r.get("seconds")})
-    lines = ["### Scale", "",
-             f"Duplex bridges of one kind on one server, {'/'.join(f'{s:.0f}' for s in seconds)} s "
-             "per configuration after 15 s of start-up: JACK xruns seen by a measuring client, "
-             "bridges still alive, CPU of all bridge processes, bridges that broke down (still "
-             "running; the reasons are in results.json).", "",
-             "| bridges | period | " + " | ".join(f"{k}" for k in kinds) + " |",
-             "|---|---|" + "---|" * len(kinds)]
-    found = {(r["count"], r["period"], r["bridge"]): r for r in rows}
-    for count, period in sorted({(r["count"], r["period"]) for r in rows},
-                                key=lambda cp: (-cp[1], cp[0])):
-        cells = []
-        for k in kinds:
-            cells.append(scale_cell(found.get((count, period, k)), count))
-        lines.append(f"| {count} | {period} | " + " | ".join(cells) + " |")
-    lines.append("")
-    for period in sorted({r["period"] for r in rows}, reverse=True):
-        verdict = []
-        for count in sorted({r["count"] for r in rows if r["period"] == period}):
-            ours, peer = found.get((count, period, "cardbridge")), found.get((count, period, "zita"))
-            if not (ours and peer) or ours.get("jack_xruns") is None:
-                continue
-            fine = ours["alive"] == count and ours["jack_xruns"] <= (peer.get("jack_xruns") or 0)
-            verdict.append(f"{count} {'yes' if fine else 'no'}")
-        if verdict:
-            lines.append(f"Period {period}: all cardbridge bridges alive with JACK xruns no higher "
-                         f"than zita's at the same count: {', '.join(verdict)}.")
-    return lines + [""]
-
-
-def report(data: dict, out: Path) -> str:
-    meta = data["meta"]
-    lines = loop_report(data["results"], meta)
-    if meta.get("merged"):
-        kept = meta["merged"]
-        lines[:0] = [f"Merged: {', '.join(kept['kept'])} from `{' '.join(kept['from'] or [])}`, "
-                     f"the rest re-run by `{' '.join(meta['argv'])}` on the same machine.", ""]
-    if data.get("tone"):
-        lines += kind_table("Tone: THD+N of a 997 Hz sine, −6 dBFS, through the loop",
-                            "4096-frame windows after 18 s, four-parameter sine fit per window.",
-                            data["tone"], ("thd_n_median_db", "thd_n_worst_db"))
-    if data.get("stalls"):
-        s = data["stalls"][0]
-        lines += kind_table(f"Stalls: {s['stalls']} × {s['stall_ms']:.0f} ms SIGSTOP of the bridge",
-                            "Re-locked: three consecutive clicks (1 s apart) within one frame; "
-                            "never: not before the next stall, 8 s later.",
-                            data["stalls"], ("relock_median_s", "relock_max_s", "never",
-                                             "delay_jump_median_frames"))
-    for block in data.get("many", []):
-        lines += kind_table(f"{block['count']} duplex bridges on one server, period "
-                            f"{block['period']}, {block['seconds']:.0f} s",
-                            "JACK xruns seen by a measuring client; CPU of all bridge processes.",
-                            block["rows"], ("jack_xruns", "alive", "cpu_percent"))
-    if data.get("scale"):
-        lines += scale_report(data["scale"])
-    for key, title in (("control_plane", "Control plane (cardbridge only)"),
-                       ("hotplug", "Hotplug (cardbridge only)")):
-        if data.get(key):
-            lines += [f"### {title}", "", "| figure | value |", "|---|---|"]
-            lines += [f"| {k} | {v:.3g} |" if isinstance(v, float) else f"| {k} | {v} |"
-                      for k, v in data[key].items()]
-            lines.append("")
-    text = "\n".join(lines)
-    (out / "results.md").write_text(text + "\n")
-    return text
-
-
-def plots(results: list[dict], out: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    colours = {"cardbridge": "tab:blue", "zita": "tab:orange", "alsa_in": "tab:green"}
-    for card in sorted({r["card"] for r in results}):
-        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
-        d_lim, e_lim = 2.0, 3.0
-        labelled = set()   # one legend entry per bridge, on its first line that has data
-        for r in [r for r in results if r["card"] == card]:
-            t = np.array(r["times"])
-            d = np.array(r["delays"])
-            if len(d) < 12:
-                continue
-            rel = d - np.median(d[len(d) // 2:])
-            err = (d[10:] - d[:-10]) / (10 * RATE) * 1e6
-            label = None if r["bridge"] in labelled else r["bridge"]
-            labelled.add(r["bridge"])
-            ax1.plot(t, rel, color=colours.get(r["bridge"]), label=label, alpha=0.7)
-            ax2.plot(t[10:], err, color=colours.get(r["bridge"]), label=label, alpha=0.7)
-            d_lim = max(d_lim, min(60.0, 1.2 * float(np.percentile(np.abs(rel[2:]), 98))))
-            e_lim = max(e_lim, min(60.0, 1.2 * float(np.percentile(np.abs(err), 98))))
-        ax1.set_ylabel("round-trip delay − its final value (frames)")
-        ax1.set_ylim(-d_lim, d_lim)
-        ax1.legend()
-        ax1.grid(alpha=0.3)
-        ax2.set_ylabel("ratio error over 10 s (ppm)")
-        ax2.set_ylim(-e_lim, e_lim)
-        ax2.axhspan(-2, 2, color="green", alpha=0.1, label="±2 ppm")
-        ax2.set_xlabel("seconds since the bridge's ports appeared (each line one run)")
-        ax2.grid(alpha=0.3)
-        fig.suptitle(f"card {card}: round-trip delay and ratio error over time")
-        fig.tight_layout()
-        fig.savefig(out / f"{card}.png", dpi=90)
-        plt.close(fig)
-
-
-def cardbridge_only(name: str, **kwargs) -> dict | None:
-    """Figures from benchmarks/<name>.py (measure(**kwargs)), or None when it fails."""
+def cardbridge_only(name: str, **kwargs) -> dict:
+    """Figures from benchmarks/<name>.py (measure(**kwargs)); a failure is reported, not fatal."""
     try:
-        module = __import__(name)
-        return module.measure(**kwargs)
-    except Exception as exc:  # a side figure must not sink the whole run
+        return __import__(name).measure(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - a side figure must not sink the whole run
         print(f"   {name} failed: {exc}", flush=True)
         return {"failed": str(exc)}
 
 
-def reanalyse(results: list[dict]) -> None:
-    """Recompute the click figures of stored runs from their click series (for figures added
-    to the analysis after the runs were made)."""
-    for r in results:
-        if len(r.get("delays", ())) >= 25:
-            r.update(scenarios.analyse_clicks(np.array(r["times"]), np.array(r["delays"]), RATE))
+def run_matrix(chosen, kinds, layout, work: Path, data: dict, save, keep: bool) -> None:
+    for cell in chosen:
+        for kind in kinds:
+            print(f"cell {cell.name} ({cell.describe()}) · {kind} …", flush=True)
+            where = work / f"{cell.name}-{kind}"
+            t = time.monotonic()
+            try:
+                run = stage.run_stage(cell, kind, layout, where)
+                result = analysis.analyse_stage(run)
+            except Exception as exc:  # noqa: BLE001 - one broken run must not end the matrix
+                result = {"cell": cell.name, "kind": kind, "failed": f"{type(exc).__name__}: {exc}",
+                          "cards": []}
+            result["wall_s"] = time.monotonic() - t
+            data["matrix"].append(result)
+            print("   " + one_line(result), flush=True)
+            save()
+            if not keep:
+                shutil.rmtree(where, ignore_errors=True)
+
+
+def one_line(result: dict) -> str:
+    if result.get("failed") and not result.get("cards"):
+        return f"FAILED: {result['failed']}"
+    parts = []
+    for c in result["cards"]:
+        for d in ("capture", "playback"):
+            f = c.get(d)
+            if f:
+                parts.append(f"{c['key']}/{d[:3]} lock {report.fmt(f['lock_2ppm_s'], 'lock_2ppm_s')} "
+                             f"p95 {report.fmt(f['ratio_err_p95_ppm'])} "
+                             f"THD {report.fmt(f['thd_n_worst_db'], 'x_db')}")
+    j = result.get("jack", {})
+    return f"JACK xruns {j.get('xruns')}; " + "; ".join(parts)
+
+
+def run_scale(counts, kinds, seconds: float, work: Path, data: dict, save, keep: bool) -> None:
+    for count in counts:
+        cards = tuple(cells.CardSpec(f"{i:02d}", 48000, (-300.0 + 170.0 * i) % 600 - 300)
+                      for i in range(count))
+        cell = cells.Cell(f"s{count}", 48000, 128, cards)
+        for kind in kinds:
+            print(f"scale: {count} × {kind} at 48 kHz / 128, {seconds:.0f} s …", flush=True)
+            where = work / f"scale{count}-{kind}"
+            try:
+                run = stage.run_stage(cell, kind, stage.Layout.without_events(seconds), where,
+                                      keep_channels=0)
+                row = scale_row(run, count)
+            except Exception as exc:  # noqa: BLE001
+                row = {"kind": kind, "count": count, "failed": f"{type(exc).__name__}: {exc}"}
+            data["scale"].append(row)
+            print(f"   {row}", flush=True)
+            save()
+            if not keep:
+                shutil.rmtree(where, ignore_errors=True)
+
+
+def scale_row(run, count: int) -> dict:
+    meter = run.player
+    t0, end = run.t0_ns, run.t0_ns + run.layout.seconds * 1e9
+    xr = meter.xruns["mono_ns"] if meter is not None else []
+    cpu = [c.cpu_percent for c in run.cards if c.cpu_percent is not None]
+    total = sum(cpu) + run.shared_cpu_percent
+    card_xruns = 0
+    for c in run.cards:
+        cap, pb = analysis.card_xrun_times(c.tap.polls, t0)
+        card_xruns += sum(1 for x in cap + pb if 0 <= x <= run.layout.seconds)
+    return {"kind": run.kind, "count": count, "seconds": run.layout.seconds,
+            "failed": run.failed, "jack_xruns": int(sum(1 for x in xr if t0 <= x <= end)),
+            "cpu_total": total, "cpu_per_bridge": total / count, "card_xruns": card_xruns}
+
+
+def clock_check(seconds: float = 20.0) -> dict:
+    """Which clock jack_get_time() and the dummy driver's schedule follow, and how far
+    CLOCK_MONOTONIC_RAW and CLOCK_MONOTONIC run apart here."""
+    import timeaxis
+    from testbench.jackserver import JackServer
+    from testbench.meter import Meter
+    work = Path(tempfile.mkdtemp(prefix="cardbridge-clock-"))
+    with JackServer(rate=48000, period=256, realtime=True, log_path=work / "jackd.log") as j:
+        m = Meter(j.name, "clock", work / "meter", seconds, j.env(),
+                  plays=[("system:playback_1", 0)])
+        run = m.wait(seconds + 20)
+    tl = timeaxis.build(run.cycles, run.rate)
+    shutil.rmtree(work, ignore_errors=True)
+    return {"jack_get_time_clock": "CLOCK_MONOTONIC_RAW" if tl.jack_time_is_raw
+            else "CLOCK_MONOTONIC", "raw_vs_mono_ppm": tl.raw_vs_mono_ppm,
+            "cycles": len(run.cycles), "schedule_moves": len(tl.seg_offset) - 1}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true",
-                   help="one card, one run, 40 s, 5 stalls, 60 s with 4 bridges")
-    p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--seconds", type=float, default=90.0)
-    p.add_argument("--stalls", type=int, default=20)
-    p.add_argument("--many-seconds", type=float, default=600.0,
-                   help="how long 4 bridges of each kind run side by side")
-    p.add_argument("--scale", type=float, default=0.0, metavar="SECONDS",
-                   help="also run 2/4/6/8 bridges at 256 and 128 frames for SECONDS each")
-    p.add_argument("--scale-counts", default="2,4,6,8",
-                   help="comma-separated bridge counts for --scale")
-    p.add_argument("--only", default="loop,tone,stalls,many,control,hotplug",
-                   help="comma-separated scenarios to run")
-    p.add_argument("--out", default=None)
-    p.add_argument("--replot", metavar="DIR", help="redraw the table and plots of a results.json")
-    p.add_argument("--merge", metavar="DIR",
-                   help="start from the results.json in DIR and replace only the scenarios run "
-                        "now (a scenario re-run after a disturbed run; both commands are kept)")
+                   help=f"cells {','.join(cells.QUICK)}, cardbridge and zita, 36 s each")
+    p.add_argument("--cells", help="comma-separated cells of the matrix (default: all)")
+    p.add_argument("--kinds", help=f"comma-separated bridge kinds (of {','.join(KINDS)}; "
+                                    "default: all, --quick: cardbridge,zita)")
+    p.add_argument("--seconds", type=float, help="seconds per cell and kind (default 80)")
+    p.add_argument("--only", default="matrix,control,hotplug",
+                   help="comma-separated parts: matrix, scale, control, hotplug")
+    p.add_argument("--scale-counts", default="8,16")
+    p.add_argument("--scale-seconds", type=float, default=60.0)
+    p.add_argument("--out", help="results directory (default benchmarks/results/<time>)")
+    p.add_argument("--keep", action="store_true", help="keep the raw measurement files")
+    p.add_argument("--replot", metavar="DIR", help="redraw results.md and plots of DIR")
+    p.add_argument("--clock-check", action="store_true",
+                   help="only say which clock JACK's dummy driver follows here")
     args = p.parse_args(argv)
-    if args.replot:
-        data = json.loads((Path(args.replot) / "results.json").read_text())
-        reanalyse(data["results"])
-        print(report(data, Path(args.replot)))
-        plots(data["results"], Path(args.replot))
+    if args.clock_check:
+        print(json.dumps(clock_check(), indent=1))
         return 0
-    cards = [VirtualCard("bench_fast", ppm=143.0),
-             VirtualCard("bench_slow_wander", ppm=-500.0, wander_ppm=20.0, wander_period=45.0),
-             VirtualCard("bench_44k1", ppm=60.0, rate=44100)]
+    if args.replot:
+        out = Path(args.replot)
+        data = json.loads((out / "results.json").read_text())
+        (out / "results.md").write_text(report.markdown(data) + "\n")
+        report.plots(data, out)
+        print(report.markdown(data))
+        return 0
+    kinds = (args.kinds.split(",") if args.kinds
+             else ["cardbridge", "zita"] if args.quick else list(KINDS))
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        p.error(f"unknown bridge kind {unknown[0]} (kinds: {', '.join(KINDS)})")
+    try:
+        chosen = cells.by_name(args.cells, args.quick)
+    except ValueError as exc:
+        p.error(str(exc))
+    layout = stage.Layout.quick() if args.quick else stage.Layout()
+    if args.seconds:
+        scale_by = args.seconds / layout.seconds
+        layout = stage.Layout(seconds=args.seconds, stall_at=layout.stall_at * scale_by,
+                              stop_at=layout.stop_at * scale_by,
+                              steady_from=min(layout.steady_from, layout.stall_at * scale_by),
+                              settle=layout.settle)
     only = set(args.only.split(","))
-    if args.quick:
-        cards, args.runs, args.seconds, args.stalls, args.many_seconds = (
-            cards[:1], 1, 40.0, 5, 60.0)
     for tool in ("zita-a2j", "zita-j2a", "alsa_in", "alsa_out"):
         if shutil.which(tool) is None:
             print(f"missing peer {tool}: run 'make setup'", file=sys.stderr)
@@ -327,74 +221,27 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / stamp
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="cardbridge-bench-"))
-    meta = {"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
-                       f"{platform.platform()}", "runs": args.runs, "seconds": args.seconds,
-            "command": "make bench" + (" (--quick)" if args.quick else ""),
-            "argv": sys.argv[1:]}
-    data = {"meta": meta, "results": [], "tone": [], "stalls": [], "many": [], "scale": []}
-    if args.merge:
-        data = json.loads((Path(args.merge) / "results.json").read_text())
-        reanalyse(data["results"])
-        earlier = data["meta"]
-        meta["merged"] = {"from": earlier.get("argv"), "machine": earlier.get("machine"),
-                          "kept": sorted(k for k in ("loop", "tone", "stalls", "many",
-                                                     "control", "hotplug") if k not in only)}
-        if "loop" not in only:
-            meta["runs"], meta["seconds"] = earlier["runs"], earlier["seconds"]
-        data["meta"] = meta
-        for key, scenario in (("results", "loop"), ("tone", "tone"), ("stalls", "stalls"),
-                              ("many", "many")):
-            if scenario in only:
-                data[key] = []
-        if args.scale:
-            data["scale"] = []
+    meta = {"machine": machine(), "kinds": kinds, "argv": sys.argv[1:],
+            "command": "benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "layout": layout.__dict__,
+            "method": METHOD.format(steady=layout.steady_from, settle=layout.settle,
+                                    stall=layout.stall_at, stall_ms=layout.stall_ms,
+                                    stop=layout.stop_at, stop_ms=layout.stop_ms,
+                                    seconds=layout.seconds),
+            "cells": [{"name": c.name, "describe": c.describe(), "note": c.note,
+                       "cards": [s.__dict__ for s in c.cards]} for c in chosen]}
+    data = {"meta": meta, "matrix": [], "scale": []}
 
     def save():
-        (out / "results.json").write_text(json.dumps(data, indent=1))
+        (out / "results.json").write_text(json.dumps(data, indent=None))
 
-    for run in range(args.runs if "loop" in only else 0):
-        for card in cards:
-            for kind in BRIDGES:
-                print(f"loop: run {run + 1}/{args.runs} · {card.name} · {kind} …", flush=True)
-                r = scenarios.measure_loop(kind, card, args.seconds,
-                                           work / f"loop{run}-{card.name}-{kind}")
-                r["run"] = run
-                data["results"].append(r)
-                print(f"   lock 2 ppm: {r.get('lock_2ppm_s')} s, p95 {r.get('ratio_err_p95_ppm')}, "
-                      f"cpu {r['cpu_percent']:.1f} %, xruns {r['jack_xruns']}", flush=True)
-                save()
-    for run in range(args.runs if "tone" in only else 0):
-        for kind in BRIDGES:
-            print(f"tone: run {run + 1}/{args.runs} · {kind} …", flush=True)
-            r = scenarios.measure_tone(kind, cards[0], work / f"tone{run}-{kind}")
-            r["run"] = run
-            data["tone"].append(r)
-            print(f"   {r}", flush=True)
-            save()
-    for kind in BRIDGES if "stalls" in only else ():
-        print(f"stalls: {kind} ×{args.stalls} …", flush=True)
-        r = scenarios.measure_stalls(kind, cards[0], work / f"stalls-{kind}", stalls=args.stalls)
-        data["stalls"].append(r)
-        print(f"   re-lock median {r.get('relock_median_s')} s, max {r.get('relock_max_s')}, "
-              f"never {r.get('never')}", flush=True)
-        save()
-    if "many" in only:
-        block = {"count": 4, "period": PERIOD, "seconds": args.many_seconds, "rows": []}
-        for kind in BRIDGES:
-            print(f"many: 4 × {kind}, {args.many_seconds:.0f} s …", flush=True)
-            block["rows"].append(scenarios.measure_many(kind, 4, args.many_seconds,
-                                                        work / f"many-{kind}"))
-            print(f"   {block['rows'][-1]}", flush=True)
-            save()
-        data["many"].append(block)
-    if args.scale:
-        for period in (256, 128):
-            for count in map(int, args.scale_counts.split(",")):
-                for kind in BRIDGES:
-                    print(f"scale: {count} × {kind} at {period} …", flush=True)
-                    data["scale"].append(scenarios.measure_many(
-                        kind, count, args.scale, work / f"scale-{count}-{period}-{kind}", period))
-                    save()
+    if "matrix" in only:
+        run_matrix(chosen, kinds, layout, work, data, save, args.keep)
+    if "scale" in only:
+        run_scale([int(c) for c in args.scale_counts.split(",")],
+                  [k for k in kinds if k != "alsa_in"], args.scale_seconds, work, data, save,
+                  args.keep)
     if "control" in only:
         print("control plane …", flush=True)
         data["control_plane"] = cardbridge_only("control_plane")
@@ -402,9 +249,13 @@ def main(argv=None) -> int:
         print("hotplug …", flush=True)
         data["hotplug"] = cardbridge_only("hotplug_latency")
     save()
-    print(report(data, out))
-    plots(data["results"], out)
-    print(f"\nresults in {out}")
+    text = report.markdown(data)
+    (out / "results.md").write_text(text + "\n")
+    report.plots(data, out)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    print(text)
+    print(f"\nresults in {out}" + (f", raw files in {work}" if args.keep else ""))
     return 0
 
 

@@ -7,14 +7,17 @@ reads its configuration once per process.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 
-from testbench.vcard import VirtualCard
+from testbench.sinefit import fit_blocks
+from testbench.vcard import VirtualCard, create_card
 
 
 def run_child(env: dict, code: str, timeout: float = 60.0) -> str:
@@ -166,3 +169,137 @@ def test_zita_a2j_runs_against_the_card(virtual_cards, jack_server):
     assert alive, out
     assert "zin:capture_1" in ports
     assert "pollfd" not in out, out
+
+
+# -- what the benchmarks need: a sine tied to the card's frame counter, one format, xrun counts
+
+SINE_READER = """
+    import json, time, alsaaudio, numpy as np
+    from testbench.vcard import CardControl
+    control = CardControl("{shm}")
+    before = control.frames_at()
+    pcm = alsaaudio.PCM(alsaaudio.PCM_CAPTURE, device="{name}", rate={rate}, channels=2,
+                        format=alsaaudio.PCM_FORMAT_FLOAT_LE, periodsize=256, periods=4)
+    n, data = pcm.read()
+    after = control.frames_at()
+    x = np.frombuffer(data, dtype=np.float32).reshape(-1, 2)
+    print(json.dumps({{"before": before, "after": after, "x": x.astype(float).tolist()}}))
+"""
+
+
+def _first_frame(x: np.ndarray, rate: int, freqs: list[int], amp: float) -> int | None:
+    """The card frame n0 at which x[:, c] == amp sin(2 pi f_c (n0 + i) / rate) for every
+    channel, exactly (float32), or None. The phases of a fit say where to look."""
+    n = len(x)
+    fits = [fit_blocks(x[None, :, c], 2 * np.pi * f / rate, iterations=0) for c, f in
+            enumerate(freqs)]
+    theta = [float(f.phase[0]) for f in fits]                 # at frame n0 + (n - 1) / 2
+    step = freqs[1] - freqs[0]
+    coarse = np.mod(theta[1] - theta[0], 2 * np.pi) * rate / (2 * np.pi * step) - (n - 1) / 2
+    p0 = rate / freqs[0]
+    fine = np.mod(theta[0], 2 * np.pi) * p0 / (2 * np.pi) - (n - 1) / 2
+    n0 = int(round(fine + p0 * np.round((coarse - fine) / p0)))
+    i = np.arange(n)
+    # the beat repeats every rate / step frames, the sines only every `rate`
+    for cand in [c + m * rate // step for m in range(step) for c in range(n0 - 2, n0 + 3)]:
+        want = np.stack([amp * np.sin(2 * np.pi * ((f * (cand + i)) % rate) / rate)
+                         for f in freqs], axis=1)
+        if np.max(np.abs(want - x)) < 1e-6:
+            return cand
+    return None
+
+
+def latest_frame_like(n0: int, rate: int, limit: float) -> int:
+    """The largest frame <= limit that carries the same samples as n0 (the sines repeat every
+    `rate` frames)."""
+    return int(n0 + rate * np.floor((limit - n0) / rate))
+
+
+@pytest.mark.parametrize("rate", [48000, 44100])
+def test_sine_capture_is_the_cards_frame_counter(virtual_cards, rate):
+    """In sine mode capture delivers, on channel c, amp sin(2 pi (997 + 2c) n / rate) at card
+    frame n: what one read returns is that function at frames the card has already reached."""
+    cards = virtual_cards(VirtualCard(f"vcs{rate}", rate=rate, ppm=250.0,
+                                      capture_source="sine"))
+    card = cards[0]
+    create_card(card).close()
+    out = json.loads(run_child(cards.env(), SINE_READER.format(shm=card.shm, name=card.name,
+                                                             rate=rate)))
+    x = np.array(out["x"])
+    n0 = _first_frame(x, rate, card.sine_freqs(2), 10 ** (-6 / 20))
+    assert n0 is not None, "not the card's sine at whole card frames"
+    # frames the card had reached when the read returned, and not before the stream opened
+    assert latest_frame_like(n0, rate, out["after"] - len(x) + 1) >= out["before"]
+
+
+def test_capture_source_switches_live(virtual_cards):
+    cards = virtual_cards(VirtualCard("vcsw", ppm=0.0))
+    card = cards[0]
+    control = create_card(card)
+    assert control.capture_source == "loop"
+    silent = json.loads(run_child(cards.env(), SINE_READER.format(shm=card.shm, name=card.name,
+                                                                rate=48000)))
+    assert np.max(np.abs(silent["x"])) == 0.0          # nothing played: the loop is silent
+    control.set_capture_source("sine")
+    out = json.loads(run_child(cards.env(), SINE_READER.format(shm=card.shm, name=card.name,
+                                                             rate=48000)))
+    assert _first_frame(np.array(out["x"]), 48000, card.sine_freqs(2), 10 ** (-6 / 20)) is not None
+
+
+@pytest.mark.parametrize("fmt", ["S16_LE", "S24_LE", "FLOAT_LE"])
+def test_a_card_restricted_to_one_format_offers_only_that(virtual_cards, fmt):
+    cards = virtual_cards(VirtualCard(f"vco{fmt.lower()}", formats=(fmt,)))
+    out = run_child(cards.env(), f"""
+        import alsaaudio
+        got = []
+        for want in ("S16_LE", "S32_LE", "FLOAT_LE"):
+            pcm = alsaaudio.PCM(alsaaudio.PCM_PLAYBACK, device="{cards[0].name}", rate=48000,
+                                channels=2, format=getattr(alsaaudio, "PCM_FORMAT_" + want),
+                                periodsize=256, periods=4)
+            got.append(pcm.info()["format_name"])
+        print(" ".join(got))
+    """)
+    assert out.split() == [fmt] * 3
+
+
+def test_s24_le_round_trips_through_the_loop(virtual_cards):
+    """24 bits in a 32-bit word: what is played comes back to the last bit."""
+    cards = virtual_cards(VirtualCard("vc24", formats=("S24_LE",)))
+    out = run_child(cards.env(), """
+        import alsaaudio, numpy as np
+        kw = dict(device="vc24", rate=48000, channels=2, format=alsaaudio.PCM_FORMAT_S24_LE,
+                  periodsize=256, periods=4)
+        pb = alsaaudio.PCM(alsaaudio.PCM_PLAYBACK, **kw)
+        cap = alsaaudio.PCM(alsaaudio.PCM_CAPTURE, **kw)
+        codes = (np.arange(256 * 2 * 40, dtype=np.int64) * 104729 % (1 << 24)) - (1 << 23)
+        for k in range(40):
+            pb.write(codes[k * 512:(k + 1) * 512].astype("<i4").tobytes())
+        got = b""
+        while len(got) < len(codes) * 4:
+            n, data = cap.read()
+            got += data if n > 0 else b""
+        back = np.frombuffer(got, "<i4")
+        start = np.nonzero(back)[0][0] // 2 * 2          # the loop's first played frame
+        at = int(np.nonzero(codes == back[start])[0][0])  # codes are all different
+        n = min(len(back) - start, len(codes) - at, 4096)
+        print(int(n > 512 and np.array_equal(back[start:start + n], codes[at:at + n])))
+    """)
+    assert out.strip() == "1"
+
+
+def test_each_xrun_is_counted_once(virtual_cards):
+    cards = virtual_cards(VirtualCard("vcxc", ppm=0.0))
+    run_child(cards.env(), """
+        import alsaaudio, time
+        pcm = alsaaudio.PCM(alsaaudio.PCM_CAPTURE, device="vcxc", rate=48000, channels=2,
+                            format=alsaaudio.PCM_FORMAT_S16_LE, periodsize=256, periods=2)
+        for _ in range(2):
+            pcm.read()
+            time.sleep(0.1)           # the 2-period buffer overflows: one overrun
+            for _ in range(3):
+                pcm.avail()           # asking again and again is still the same xrun
+            assert pcm.read()[0] == -32
+            assert pcm.read()[0] == 256
+    """)
+    control = cards.control(cards[0])
+    assert control.xruns == (2, 0)

@@ -21,6 +21,8 @@ import threading
 import jack
 import numpy as np
 
+from .sinefit import fit_blocks
+
 
 def make_signal(kind: str, rate: int, seconds: float, freq: float, level_db: float) -> np.ndarray:
     n = int(rate * seconds)
@@ -132,49 +134,20 @@ def round_trip(send: dict, recv: dict) -> int:
     return (int(recv["first_frame"]) + lag - int(send["first_frame"])) % rate
 
 
-def sine_fit_residual(y: np.ndarray, t: np.ndarray, freq: float, iterations: int = 6):
-    """Four-parameter sine fit (amplitude, phase, offset and frequency, IEEE Std 1057).
-
-    Returns (residual, signal power). The frequency is refined by Gauss–Newton from `freq`, the
-    way an analyser's notch tracks the fundamental: a tone that comes back a fraction of a ppm
-    off its nominal frequency is still a pure tone, and only what is not that tone counts.
-    """
-    w = 2 * np.pi * freq
-    coef = np.zeros(3)
-    for _ in range(iterations):
-        s, c = np.sin(w * t), np.cos(w * t)
-        m = np.column_stack([s, c, np.ones_like(t)])
-        coef, *_ = np.linalg.lstsq(m, y, rcond=None)
-        a, b = coef[0], coef[1]
-        # derivative of a·sin(wt) + b·cos(wt) with respect to w
-        m4 = np.column_stack([m, t * (a * c - b * s)])
-        coef4, *_ = np.linalg.lstsq(m4, y, rcond=None)
-        dw = coef4[3]
-        if not np.isfinite(dw) or abs(dw) > 1e-3 * w:
-            break
-        w += dw
-        if abs(dw) < 1e-12 * w:
-            break
-    s, c = np.sin(w * t), np.cos(w * t)
-    m = np.column_stack([s, c, np.ones_like(t)])
-    coef, *_ = np.linalg.lstsq(m, y, rcond=None)
-    return y - m @ coef, (coef[0] ** 2 + coef[1] ** 2) / 2
-
-
 def thd_n_windows_db(x: np.ndarray, rate: int, freq: float, window: int = 4096) -> list[float]:
-    """THD+N per window: residual after a four-parameter fit of the fundamental in each window.
+    """THD+N per window: residual after a four-parameter fit of the fundamental in each window
+    (testbench.sinefit).
 
     Fitting per window follows a slowly wandering phase and frequency (the bridge's ratio
     breathing by a fraction of a ppm) the way an analyser's tracking notch does; whatever else
     is in the window — harmonics, noise, phase jitter within the window, glitches — counts.
     """
-    out = []
-    for start in range(0, len(x) - window + 1, window):
-        y = x[start:start + window].astype(np.float64)
-        t = (np.arange(window) - window / 2) / rate
-        resid, signal_power = sine_fit_residual(y, t, freq)
-        out.append(float(10 * np.log10(max(np.mean(resid ** 2), 1e-30) / max(signal_power, 1e-30))))
-    return out
+    count = len(x) // window
+    if count == 0:
+        return []
+    fits = fit_blocks(np.asarray(x[:count * window], np.float64).reshape(count, window),
+                      2 * np.pi * freq / rate)
+    return [float(v) for v in fits.thd_n_db()]
 
 
 if __name__ == "__main__":

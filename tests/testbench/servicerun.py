@@ -54,11 +54,11 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 
 @contextlib.contextmanager
 def daemon(work: Path, env: dict, jack_server: str, *extra: str, popen=subprocess.Popen,
-           config: str = 'auto_attach = "none"\n', bus: str = "session"):
+           config: str = 'auto_attach = "none"\n', bus: str = "session", started=None):
     """cardbridged on the session (or system) bus of `env` (`popen` may start it in a
     namespace), with its config, state and log (daemon.log) in `work`; yields the bus address,
     stops it with SIGTERM. Fatal signals print a Python traceback of every thread
-    (faulthandler)."""
+    (faulthandler). `started`, a list, receives the daemon's Popen (for its PID)."""
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.toml").write_text(config)
     with open(work / "daemon.log", "w") as log:
@@ -66,6 +66,8 @@ def daemon(work: Path, env: dict, jack_server: str, *extra: str, popen=subproces
                       str(work / "config.toml"), "--state-dir", str(work / "state"),
                       "--jack-server", jack_server, *extra],
                      env=dict(env, PYTHONFAULTHANDLER="1"), stdout=log, stderr=subprocess.STDOUT)
+        if started is not None:
+            started.append(proc)
         address = env[f"DBUS_{bus.upper()}_BUS_ADDRESS"]
         try:
             wait_for(lambda: proc.poll() is None and get_prop(address, MGR, "Version", MIFACE)

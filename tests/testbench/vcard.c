@@ -3,28 +3,26 @@
  *
  * Runs inside whatever process opens the PCM (tests, bridges, alsa_in, zita-a2j, ...), in the
  * calling thread of each alsa-lib call. Every card has its own sample clock, shared by all the
- * streams of that card in every process through a small shared-memory file:
+ * streams of that card in every process through a small shared-memory file (its layout and the
+ * clock formula are in vcard_clock.h, shared with the benchmarks' playback tap).
  *
- *   F(t) = base_pos + rate * ((t - base)(1 + ppm 1e-6) + W(t) - W(base))
- *   W(t) = wander_ppm 1e-6 * (P / 2 pi) * (1 - cos(2 pi (t - t0) / P))
- *
- * with t = CLOCK_MONOTONIC (ns), optionally quantised to `usb_step_us` (a USB-like pointer that
- * moves in steps), frozen while a stall is injected. Playback is looped back to capture: the
- * sample played at card frame T is what capture reads at card frame T (per-frame stamps make
- * frames never written read as silence). Unplug makes every call fail with -ENODEV.
- *
- * Shared file layout (little endian), mirrored by vcard.py:
- *   0 magic u32 'CBVC'   4 version u32      8 rate u32       12 capture_channels u32
- *  16 playback_ch u32   20 tl_channels u32 24 tl_frames u32  28 generation u32
- *  32 unplugged i32     40 t0_ns i64       48 base_ns i64    56 base_pos f64
- *  64 ppm f64           72 wander_ppm f64  80 wander_period f64 (s)  88 step_ns i64
- *  96 stall_start_ns i64  104 stall_until_ns i64   then at 128: u32 stamps[tl_frames],
- *  then float samples[tl_frames * tl_channels].
+ * Capture delivers, by the card's `capture_source`, either the playback looped back (the sample
+ * played at card frame T is what capture reads at card frame T; per-frame stamps make frames
+ * never written read as silence) or a sine per channel that is an exact function of the card's
+ * frame index (for measurements against the card's own clock). Every played frame goes to the
+ * timeline ring with its card frame, whatever the source: a tap process reads it from outside.
+ * Unplug makes every call fail with -ENODEV. Each xrun (capture overrun, playback underrun) is
+ * counted once in the shared header, with the card frame where it was seen.
  *
  * ALSA configuration:
  *   pcm_type.cbvcard { lib "/abs/path/libasound_module_pcm_cbvcard.so" }
  *   pcm.NAME { type cbvcard  shm "/path/NAME.shm"  rate 48000  capture_channels 2
- *              playback_channels 2  ppm 0  wander_ppm 0  wander_period 60  usb_step_us 0 }
+ *              playback_channels 2  ppm 0  wander_ppm 0  wander_period 60  usb_step_us 0
+ *              capture_source "loop"  sine_hz 997  sine_step_hz 2  sine_level_db -6
+ *              formats "S16_LE S24_3LE S32_LE FLOAT_LE"  timeline_frames 65536 }
+ * The clock and signal fields take effect when the shared file is created (the first open, or
+ * vcard.py's create_card); `formats` restricts the sample formats every open offers (any of
+ * S16_LE S24_3LE S24_LE S32_LE FLOAT_LE; default all but S24_LE).
  */
 
 #include <alsa/asoundlib.h>
@@ -41,20 +39,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define CB_MAGIC 0x43564243u
-#define CB_VERSION 1u
-#define CB_HEADER 128
-#define CB_TL_FRAMES 65536u
-#define CB_MAX_CH 64
-
-struct cb_header {
-	uint32_t magic, version, rate, capture_channels;
-	uint32_t playback_channels, tl_channels, tl_frames, generation;
-	int32_t unplugged, pad;
-	int64_t t0_ns, base_ns;
-	double base_pos, ppm, wander_ppm, wander_period;
-	int64_t step_ns, stall_start_ns, stall_until_ns;
-};
+#include "vcard_clock.h"
 
 typedef struct {
 	snd_pcm_ioplug_t io;
@@ -65,47 +50,16 @@ typedef struct {
 	int tfd;
 	uint32_t generation;
 	int running;
+	int in_xrun;                   /* this xrun was counted already */
 	int64_t start_frame;           /* card frame of stream position 0 */
 	snd_pcm_uframes_t avail_min;
 	float *prefill;                /* playback data written before start */
 	snd_pcm_uframes_t prefill_frames;
+	float *sine;                   /* capture in sine mode: sin(2 pi m / rate), m < rate */
 } cb_pcm;
 
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-static double wander(const struct cb_header *h, int64_t t)
-{
-	if (h->wander_ppm == 0.0 || h->wander_period <= 0.0)
-		return 0.0;
-	double s = (double)(t - h->t0_ns) * 1e-9;
-	double p = h->wander_period;
-	return h->wander_ppm * 1e-6 * (p / (2 * M_PI)) * (1 - cos(2 * M_PI * s / p));
-}
-
-/* card frame position (fractional) at time t */
-static double card_pos(const struct cb_header *h, int64_t t)
-{
-	int64_t stall_start = __atomic_load_n(&h->stall_start_ns, __ATOMIC_ACQUIRE);
-	int64_t stall_until = __atomic_load_n(&h->stall_until_ns, __ATOMIC_ACQUIRE);
-	if (t >= stall_start && t < stall_until)
-		t = stall_start;
-	if (h->step_ns > 0) {
-		int64_t rel = t - h->t0_ns;
-		t = h->t0_ns + (rel / h->step_ns) * h->step_ns;
-	}
-	double s = (double)(t - h->base_ns) * 1e-9;
-	return h->base_pos + h->rate * (s * (1 + h->ppm * 1e-6) + wander(h, t) - wander(h, h->base_ns));
-}
-
-static int64_t card_frame(const struct cb_header *h, int64_t t)
-{
-	return (int64_t)floor(card_pos(h, t));
-}
+#define now_ns cb_now_ns
+#define card_frame cb_card_frame
 
 static int gone(cb_pcm *c)
 {
@@ -146,9 +100,23 @@ static float get_sample(const snd_pcm_channel_area_t *a, snd_pcm_uframes_t frame
 		int32_t v = (int32_t)((uint32_t)b[0] << 8 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 24);
 		return (float)(v / 2147483648.0);
 	}
+	case SND_PCM_FORMAT_S24_LE: {   /* 24 bits in the low three bytes of a 32-bit word */
+		int32_t v; memcpy(&v, p, 4);
+		v = (int32_t)((uint32_t)v << 8) >> 8;
+		return (float)(v / 8388608.0);
+	}
 	case SND_PCM_FORMAT_FLOAT_LE: { float v; memcpy(&v, p, 4); return v; }
 	default: return 0.0f;
 	}
+}
+
+/* float -> integer code, the inverse of get_sample's scaling (so integer formats loop back
+ * bit-exact), clipped to the format's range */
+static int64_t to_code(double v, int bits)
+{
+	double full = (double)(1LL << (bits - 1));
+	double r = nearbyint(v * full);
+	return (int64_t)(r > full - 1 ? full - 1 : (r < -full ? -full : r));
 }
 
 static void put_sample(const snd_pcm_channel_area_t *a, snd_pcm_uframes_t frame, snd_pcm_format_t fmt, float x)
@@ -156,14 +124,15 @@ static void put_sample(const snd_pcm_channel_area_t *a, snd_pcm_uframes_t frame,
 	char *p = (char *)a->addr + (a->first + frame * a->step) / 8;
 	double v = x > 1.0f ? 1.0 : (x < -1.0f ? -1.0 : x);
 	switch (fmt) {
-	case SND_PCM_FORMAT_S16_LE: { int16_t s = (int16_t)lrint(v * 32767.0); memcpy(p, &s, 2); break; }
-	case SND_PCM_FORMAT_S32_LE: { int32_t s = (int32_t)llrint(v * 2147483647.0); memcpy(p, &s, 4); break; }
+	case SND_PCM_FORMAT_S16_LE: { int16_t s = (int16_t)to_code(v, 16); memcpy(p, &s, 2); break; }
+	case SND_PCM_FORMAT_S32_LE: { int32_t s = (int32_t)to_code(v, 32); memcpy(p, &s, 4); break; }
 	case SND_PCM_FORMAT_S24_3LE: {
-		int32_t s = (int32_t)lrint(v * 8388607.0);
+		int32_t s = (int32_t)to_code(v, 24);
 		unsigned char *b = (unsigned char *)p;
 		b[0] = s & 0xff; b[1] = (s >> 8) & 0xff; b[2] = (s >> 16) & 0xff;
 		break;
 	}
+	case SND_PCM_FORMAT_S24_LE: { int32_t s = (int32_t)to_code(v, 24); memcpy(p, &s, 4); break; }
 	case SND_PCM_FORMAT_FLOAT_LE: { float f = (float)v; memcpy(p, &f, 4); break; }
 	default: break;
 	}
@@ -254,6 +223,7 @@ static int cb_start(snd_pcm_ioplug_t *io)
 		return -ENODEV;
 	c->start_frame = card_frame(c->h, now_ns());
 	c->running = 1;
+	c->in_xrun = 0;
 	if (io->stream == SND_PCM_STREAM_PLAYBACK && c->prefill) {
 		unsigned int nch = io->channels;
 		for (snd_pcm_uframes_t i = 0; i < c->prefill_frames; i++)
@@ -273,6 +243,22 @@ static int cb_stop(snd_pcm_ioplug_t *io)
 	return 0;
 }
 
+/* An xrun, counted once until the stream is prepared or started again. */
+static snd_pcm_sframes_t count_xrun(cb_pcm *c, int64_t card_frame_now)
+{
+	if (!c->in_xrun) {
+		c->in_xrun = 1;
+		if (c->io.stream == SND_PCM_STREAM_PLAYBACK) {
+			__atomic_store_n(&c->h->last_xrun_playback_frame, card_frame_now, __ATOMIC_RELEASE);
+			__atomic_add_fetch(&c->h->xruns_playback, 1, __ATOMIC_ACQ_REL);
+		} else {
+			__atomic_store_n(&c->h->last_xrun_capture_frame, card_frame_now, __ATOMIC_RELEASE);
+			__atomic_add_fetch(&c->h->xruns_capture, 1, __ATOMIC_ACQ_REL);
+		}
+	}
+	return -EPIPE;
+}
+
 static snd_pcm_sframes_t cb_pointer(snd_pcm_ioplug_t *io)
 {
 	cb_pcm *c = io->private_data;
@@ -284,13 +270,37 @@ static snd_pcm_sframes_t cb_pointer(snd_pcm_ioplug_t *io)
 	int64_t appl = appl_pos(c);
 	if (io->stream == SND_PCM_STREAM_PLAYBACK) {
 		if (hw >= appl && io->state == SND_PCM_STATE_RUNNING)
-			return -EPIPE;                      /* ran out of data */
+			return count_xrun(c, c->start_frame + hw);   /* ran out of data */
 		if (hw > appl)
 			hw = appl;
 	} else if (hw - appl > (int64_t)io->buffer_size) {
-		return -EPIPE;                              /* overrun */
+		return count_xrun(c, c->start_frame + hw);           /* overrun */
 	}
 	return (snd_pcm_sframes_t)(hw % (int64_t)io->buffer_size);
+}
+
+/* Capture in sine mode: channel ch at card frame n is amp sin(2 pi f_ch n / rate), exactly, from
+ * a table of one second (the phase index (f_ch n) mod rate advances by f_ch per frame). */
+static void sine_transfer(cb_pcm *c, const snd_pcm_channel_area_t *areas, snd_pcm_uframes_t offset,
+			  snd_pcm_uframes_t size, int64_t first)
+{
+	const struct cb_header *h = c->h;
+	unsigned int nch = c->io.channels, rate = h->rate;
+	uint64_t step[CB_MAX_CH], idx[CB_MAX_CH];
+	float amp = h->sine_amp;
+	for (unsigned int ch = 0; ch < nch; ch++) {
+		step[ch] = ((uint64_t)h->sine_hz + (uint64_t)ch * h->sine_step_hz) % rate;
+		uint64_t n = first >= 0 ? (uint64_t)first % rate : (uint64_t)(rate - (uint64_t)(-first) % rate) % rate;
+		idx[ch] = (step[ch] * n) % rate;
+	}
+	for (snd_pcm_uframes_t i = 0; i < size; i++) {
+		for (unsigned int ch = 0; ch < nch; ch++) {
+			put_sample(&areas[ch], offset + i, c->io.format, amp * c->sine[idx[ch]]);
+			idx[ch] += step[ch];
+			if (idx[ch] >= rate)
+				idx[ch] -= rate;
+		}
+	}
 }
 
 static snd_pcm_sframes_t cb_transfer(snd_pcm_ioplug_t *io, const snd_pcm_channel_area_t *areas,
@@ -302,6 +312,11 @@ static snd_pcm_sframes_t cb_transfer(snd_pcm_ioplug_t *io, const snd_pcm_channel
 	if (gone(c))
 		return -ENODEV;
 	int64_t pos = appl_pos(c);
+	if (io->stream == SND_PCM_STREAM_CAPTURE &&
+	    __atomic_load_n(&c->h->capture_source, __ATOMIC_ACQUIRE) == CB_SOURCE_SINE && c->sine) {
+		sine_transfer(c, areas, offset, size, c->start_frame + pos);
+		return (snd_pcm_sframes_t)size;
+	}
 	for (snd_pcm_uframes_t i = 0; i < size; i++) {
 		if (io->stream == SND_PCM_STREAM_PLAYBACK) {
 			for (unsigned int ch = 0; ch < nch; ch++)
@@ -328,6 +343,7 @@ static int cb_prepare(snd_pcm_ioplug_t *io)
 	if (gone(c))
 		return -ENODEV;
 	c->running = 0;
+	c->in_xrun = 0;
 	c->prefill_frames = 0;
 	if (io->stream == SND_PCM_STREAM_PLAYBACK) {
 		free(c->prefill);
@@ -387,6 +403,7 @@ static int cb_close(snd_pcm_ioplug_t *io)
 	if (c->h)
 		munmap(c->h, c->maplen);
 	free(c->prefill);
+	free(c->sine);
 	free(c);
 	return 0;
 }
@@ -409,16 +426,21 @@ struct cb_params {
 	const char *shm;
 	unsigned int rate, capture_channels, playback_channels;
 	double ppm, wander_ppm, wander_period, step_us;
+	unsigned int capture_source, sine_hz, sine_step_hz, timeline_frames;
+	double sine_level_db;
+	unsigned int nformats;
+	snd_pcm_format_t formats[8];
 };
 
-static size_t map_size(unsigned int tl_channels)
+static size_t map_size(unsigned int tl_channels, unsigned int tl_frames)
 {
-	return CB_HEADER + (size_t)CB_TL_FRAMES * 4 + (size_t)CB_TL_FRAMES * tl_channels * sizeof(float);
+	return CB_HEADER + (size_t)tl_frames * 4 + (size_t)tl_frames * tl_channels * sizeof(float);
 }
 
 static int map_card(cb_pcm *c, const struct cb_params *p)
 {
 	unsigned int tl_ch = p->capture_channels > p->playback_channels ? p->capture_channels : p->playback_channels;
+	unsigned int tl_frames = p->timeline_frames;
 	if (tl_ch == 0)
 		tl_ch = 1;
 	int fd = open(p->shm, O_RDWR | O_CREAT | O_EXCL, 0666);
@@ -431,7 +453,7 @@ static int map_card(cb_pcm *c, const struct cb_params *p)
 			return -errno;
 	}
 	if (created) {
-		if (ftruncate(fd, (off_t)map_size(tl_ch)) < 0) {
+		if (ftruncate(fd, (off_t)map_size(tl_ch, tl_frames)) < 0) {
 			int e = -errno;
 			close(fd);
 			return e;
@@ -454,8 +476,9 @@ static int map_card(cb_pcm *c, const struct cb_params *p)
 			return -EINVAL;
 		}
 		tl_ch = hdr.tl_channels;
+		tl_frames = hdr.tl_frames;
 	}
-	size_t len = map_size(tl_ch);
+	size_t len = map_size(tl_ch, tl_frames);
 	void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	close(fd);
 	if (m == MAP_FAILED)
@@ -467,7 +490,7 @@ static int map_card(cb_pcm *c, const struct cb_params *p)
 		h->capture_channels = p->capture_channels;
 		h->playback_channels = p->playback_channels;
 		h->tl_channels = tl_ch;
-		h->tl_frames = CB_TL_FRAMES;
+		h->tl_frames = tl_frames;
 		h->generation = 1;
 		h->t0_ns = now_ns();
 		h->base_ns = h->t0_ns;
@@ -476,15 +499,19 @@ static int map_card(cb_pcm *c, const struct cb_params *p)
 		h->wander_ppm = p->wander_ppm;
 		h->wander_period = p->wander_period;
 		h->step_ns = (int64_t)(p->step_us * 1000.0);
+		h->capture_source = p->capture_source;
+		h->sine_hz = p->sine_hz;
+		h->sine_step_hz = p->sine_step_hz;
+		h->sine_amp = (float)pow(10.0, p->sine_level_db / 20.0);
 		uint32_t *stamps = (uint32_t *)((char *)m + CB_HEADER);
-		for (uint32_t i = 0; i < CB_TL_FRAMES; i++)
+		for (uint32_t i = 0; i < tl_frames; i++)
 			stamps[i] = ~i;   /* never equal to a frame index that maps here soon */
 		__atomic_store_n(&h->magic, CB_MAGIC, __ATOMIC_RELEASE);
 	}
 	c->h = h;
 	c->maplen = len;
 	c->stamps = (uint32_t *)((char *)m + CB_HEADER);
-	c->tl = (float *)((char *)m + CB_HEADER + (size_t)CB_TL_FRAMES * 4);
+	c->tl = (float *)((char *)m + CB_HEADER + (size_t)tl_frames * 4);
 	return 0;
 }
 
@@ -506,10 +533,47 @@ static int get_real(snd_config_t *n, double *out)
 	return -EINVAL;
 }
 
+/* "S16_LE S24_3LE ..." (spaces or commas) → the formats a card offers; -EINVAL on a format the
+ * card cannot convert */
+static int parse_formats(const char *text, struct cb_params *p)
+{
+	static const snd_pcm_format_t known[] = {
+		SND_PCM_FORMAT_S16_LE, SND_PCM_FORMAT_S24_3LE, SND_PCM_FORMAT_S24_LE,
+		SND_PCM_FORMAT_S32_LE, SND_PCM_FORMAT_FLOAT_LE,
+	};
+	char word[32];
+	p->nformats = 0;
+	while (*text) {
+		size_t len = strcspn(text, " ,\t");
+		if (len > 0) {
+			if (len >= sizeof(word) || p->nformats >= sizeof(p->formats) / sizeof(p->formats[0]))
+				return -EINVAL;
+			memcpy(word, text, len);
+			word[len] = 0;
+			snd_pcm_format_t f = snd_pcm_format_value(word);
+			int ok = 0;
+			for (size_t k = 0; k < sizeof(known) / sizeof(known[0]); k++)
+				ok |= known[k] == f;
+			if (!ok) {
+				SNDERR("cbvcard: unsupported format %s", word);
+				return -EINVAL;
+			}
+			p->formats[p->nformats++] = f;
+		}
+		text += len;
+		if (*text)
+			text++;
+	}
+	return p->nformats ? 0 : -EINVAL;
+}
+
 SND_PCM_PLUGIN_DEFINE_FUNC(cbvcard)
 {
 	snd_config_iterator_t i, next;
-	struct cb_params p = { NULL, 48000, 2, 2, 0.0, 0.0, 60.0, 0.0 };
+	struct cb_params p = { NULL, 48000, 2, 2, 0.0, 0.0, 60.0, 0.0,
+			       CB_SOURCE_LOOP, 997, 2, CB_TL_FRAMES, -6.0, 4,
+			       { SND_PCM_FORMAT_S16_LE, SND_PCM_FORMAT_S24_3LE, SND_PCM_FORMAT_S32_LE,
+				 SND_PCM_FORMAT_FLOAT_LE } };
 	int err;
 	(void)root;
 
@@ -526,6 +590,24 @@ SND_PCM_PLUGIN_DEFINE_FUNC(cbvcard)
 				return -EINVAL;
 			continue;
 		}
+		if (!strcmp(id, "formats")) {
+			const char *text;
+			if (snd_config_get_string(n, &text) < 0 || parse_formats(text, &p) < 0) {
+				SNDERR("cbvcard: bad value for formats");
+				return -EINVAL;
+			}
+			continue;
+		}
+		if (!strcmp(id, "capture_source")) {
+			const char *text;
+			if (snd_config_get_string(n, &text) < 0 ||
+			    (strcmp(text, "loop") && strcmp(text, "sine"))) {
+				SNDERR("cbvcard: capture_source is \"loop\" or \"sine\"");
+				return -EINVAL;
+			}
+			p.capture_source = strcmp(text, "sine") ? CB_SOURCE_LOOP : CB_SOURCE_SINE;
+			continue;
+		}
 		if (get_real(n, &v) < 0) {
 			SNDERR("cbvcard: bad value for %s", id);
 			return -EINVAL;
@@ -537,6 +619,10 @@ SND_PCM_PLUGIN_DEFINE_FUNC(cbvcard)
 		else if (!strcmp(id, "wander_ppm")) p.wander_ppm = v;
 		else if (!strcmp(id, "wander_period")) p.wander_period = v;
 		else if (!strcmp(id, "usb_step_us")) p.step_us = v;
+		else if (!strcmp(id, "sine_hz")) p.sine_hz = (unsigned int)v;
+		else if (!strcmp(id, "sine_step_hz")) p.sine_step_hz = (unsigned int)v;
+		else if (!strcmp(id, "sine_level_db")) p.sine_level_db = v;
+		else if (!strcmp(id, "timeline_frames")) p.timeline_frames = (unsigned int)v;
 		else {
 			SNDERR("cbvcard: unknown field %s", id);
 			return -EINVAL;
@@ -548,6 +634,14 @@ SND_PCM_PLUGIN_DEFINE_FUNC(cbvcard)
 	}
 	if (p.capture_channels > CB_MAX_CH || p.playback_channels > CB_MAX_CH)
 		return -EINVAL;
+	if (p.timeline_frames < 4096 || (p.timeline_frames & (p.timeline_frames - 1))) {
+		SNDERR("cbvcard: timeline_frames must be a power of two, at least 4096");
+		return -EINVAL;
+	}
+	if (p.rate < 1000 || p.rate > 768000) {
+		SNDERR("cbvcard: rate out of range");
+		return -EINVAL;
+	}
 
 	cb_pcm *c = calloc(1, sizeof(*c));
 	if (!c)
@@ -578,6 +672,18 @@ SND_PCM_PLUGIN_DEFINE_FUNC(cbvcard)
 		free(c);
 		return err;
 	}
+	if (stream == SND_PCM_STREAM_CAPTURE) {
+		/* the sine source's table, ready whatever the source now: it can be switched live */
+		c->sine = malloc(sizeof(float) * h->rate);
+		if (!c->sine) {
+			close(c->tfd);
+			munmap(c->h, c->maplen);
+			free(c);
+			return -ENOMEM;
+		}
+		for (unsigned int m = 0; m < h->rate; m++)
+			c->sine[m] = (float)sin(2 * M_PI * (double)m / h->rate);
+	}
 
 	c->io.version = SND_PCM_IOPLUG_VERSION;
 	c->io.name = "cardbridge virtual card";
@@ -591,6 +697,7 @@ SND_PCM_PLUGIN_DEFINE_FUNC(cbvcard)
 	if (err < 0) {
 		close(c->tfd);
 		munmap(c->h, c->maplen);
+		free(c->sine);
 		free(c);
 		return err;
 	}
@@ -598,17 +705,17 @@ SND_PCM_PLUGIN_DEFINE_FUNC(cbvcard)
 	static const unsigned int access[] = {
 		SND_PCM_ACCESS_RW_INTERLEAVED, SND_PCM_ACCESS_MMAP_INTERLEAVED,
 	};
-	static const unsigned int formats[] = {
-		SND_PCM_FORMAT_S16_LE, SND_PCM_FORMAT_S24_3LE, SND_PCM_FORMAT_S32_LE, SND_PCM_FORMAT_FLOAT_LE,
-	};
+	unsigned int formats[8];
+	for (unsigned int k = 0; k < p.nformats; k++)
+		formats[k] = (unsigned int)p.formats[k];
 	if ((err = snd_pcm_ioplug_set_param_list(&c->io, SND_PCM_IOPLUG_HW_ACCESS, 2, access)) < 0 ||
-	    (err = snd_pcm_ioplug_set_param_list(&c->io, SND_PCM_IOPLUG_HW_FORMAT, 4, formats)) < 0 ||
+	    (err = snd_pcm_ioplug_set_param_list(&c->io, SND_PCM_IOPLUG_HW_FORMAT, p.nformats, formats)) < 0 ||
 	    (err = snd_pcm_ioplug_set_param_minmax(&c->io, SND_PCM_IOPLUG_HW_CHANNELS, nch, nch)) < 0 ||
 	    (err = snd_pcm_ioplug_set_param_minmax(&c->io, SND_PCM_IOPLUG_HW_RATE, h->rate, h->rate)) < 0 ||
 	    (err = snd_pcm_ioplug_set_param_minmax(&c->io, SND_PCM_IOPLUG_HW_PERIOD_BYTES, 16 * 2, 16384 * 4 * nch)) < 0 ||
 	    (err = snd_pcm_ioplug_set_param_minmax(&c->io, SND_PCM_IOPLUG_HW_PERIODS, 2, 32)) < 0 ||
 	    (err = snd_pcm_ioplug_set_param_minmax(&c->io, SND_PCM_IOPLUG_HW_BUFFER_BYTES, 32 * 2,
-						   (CB_TL_FRAMES / 2) * 4 * nch)) < 0) {
+						   (h->tl_frames / 2) * 4 * nch)) < 0) {
 		snd_pcm_ioplug_delete(&c->io);
 		return err;
 	}

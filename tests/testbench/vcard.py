@@ -3,13 +3,13 @@
 Runs in test, demo and benchmark processes (never in the service). The card itself is the
 alsa-lib plugin built from vcard.c (`make vcard`); all its streams, in every process, share one
 clock through a small shared-memory file whose header this module reads and writes. Layout (see
-vcard.c): magic/version/rate/channels/generation/unplugged, then the clock parameters t0, base,
-ppm, wander and the stall window.
+vcard_clock.h): magic/version/rate/channels/generation/unplugged, the clock parameters t0, base,
+ppm, wander and the stall window, the capture source and its sine, the xrun counters; then the
+timeline ring of played frames (per-frame stamps, then the samples).
 """
 
 from __future__ import annotations
 
-import math
 import mmap
 import os
 import struct
@@ -17,11 +17,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 MAGIC = 0x43564243
-VERSION = 1
-HEADER = 128
+VERSION = 2
+HEADER = 256
 TL_FRAMES = 65536
 _HDR = struct.Struct("<8I2i2q4d3q")   # up to stall_until_ns (112 bytes)
+_HDR2 = struct.Struct("<3If2I2q")     # capture_source .. last_xrun_playback_frame, at 112
+FORMATS = ("S16_LE", "S24_3LE", "S24_LE", "S32_LE", "FLOAT_LE")
+DEFAULT_FORMATS = ("S16_LE", "S24_3LE", "S32_LE", "FLOAT_LE")
+SOURCES = ("loop", "sine")
 
 OFF_GENERATION = 28
 OFF_UNPLUGGED = 32
@@ -32,6 +38,8 @@ OFF_WANDER_PPM = 72
 OFF_WANDER_PERIOD = 80
 OFF_STALL_START = 96
 OFF_STALL_UNTIL = 104
+OFF_SOURCE = 112
+OFF_XRUNS = 128                       # capture u32, playback u32
 
 
 def plugin_path() -> Path:
@@ -71,7 +79,26 @@ class VirtualCard:
     wander_period: float = 60.0
     usb_step_us: float = 0.0
     shm: str = ""                 # path of the shared clock file; set by write_alsa_config
+    capture_source: str = "loop"  # "loop" (playback looped back) or "sine" (see sine_hz)
+    sine_hz: int = 997            # capture channel c in sine mode: sine_hz + c * sine_step_hz
+    sine_step_hz: int = 2
+    sine_level_db: float = -6.0
+    formats: tuple = DEFAULT_FORMATS   # the sample formats the card offers
+    timeline_frames: int = TL_FRAMES   # played frames kept for capture's loop and for a tap
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.capture_source not in SOURCES:
+            raise ValueError(f"capture_source must be one of {SOURCES}")
+        unknown = [f for f in self.formats if f not in FORMATS]
+        if unknown or not self.formats:
+            raise ValueError(f"formats must be a non-empty choice of {FORMATS}")
+        if self.timeline_frames < 4096 or self.timeline_frames & (self.timeline_frames - 1):
+            raise ValueError("timeline_frames must be a power of two, at least 4096")
+
+    def sine_freqs(self, channels: int) -> list[int]:
+        """The sine source's frequency on each of `channels` channels (Hz)."""
+        return [self.sine_hz + c * self.sine_step_hz for c in range(channels)]
 
     def alsa_block(self) -> str:
         return (f'pcm.{self.name} {{\n  type cbvcard\n  shm "{self.shm}"\n  rate {int(self.rate)}\n'
@@ -79,7 +106,12 @@ class VirtualCard:
                 f"  playback_channels {int(self.playback_channels)}\n"
                 f"  ppm {float(self.ppm)!r}\n  wander_ppm {float(self.wander_ppm)!r}\n"
                 f"  wander_period {float(self.wander_period)!r}\n"
-                f"  usb_step_us {float(self.usb_step_us)!r}\n}}\n")
+                f"  usb_step_us {float(self.usb_step_us)!r}\n"
+                f'  capture_source "{self.capture_source}"\n'
+                f"  sine_hz {int(self.sine_hz)}\n  sine_step_hz {int(self.sine_step_hz)}\n"
+                f"  sine_level_db {float(self.sine_level_db)!r}\n"
+                f'  formats "{" ".join(self.formats)}"\n'
+                f"  timeline_frames {int(self.timeline_frames)}\n}}\n")
 
 
 def write_alsa_config(cards, path) -> str:
@@ -106,7 +138,8 @@ def write_alsa_config(cards, path) -> str:
 def create_card(card: VirtualCard) -> "CardControl":
     """Create the card's shared clock now (t0 = now), before any ALSA open."""
     tl_ch = max(card.capture_channels, card.playback_channels, 1)
-    size = HEADER + TL_FRAMES * 4 + TL_FRAMES * tl_ch * 4
+    frames = card.timeline_frames
+    size = HEADER + frames * 4 + frames * tl_ch * 4
     fd = os.open(card.shm, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         os.ftruncate(fd, size)
@@ -115,16 +148,77 @@ def create_card(card: VirtualCard) -> "CardControl":
         os.close(fd)
     now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     head = _HDR.pack(0, VERSION, card.rate, card.capture_channels, card.playback_channels, tl_ch,
-                     TL_FRAMES, 1, 0, 0, now, now, 0.0, card.ppm, card.wander_ppm,
+                     frames, 1, 0, 0, now, now, 0.0, card.ppm, card.wander_ppm,
                      card.wander_period, int(card.usb_step_us * 1000), 0, 0)
+    head += _HDR2.pack(SOURCES.index(card.capture_source), card.sine_hz, card.sine_step_hz,
+                       10 ** (card.sine_level_db / 20), 0, 0, 0, 0)
     m[:len(head)] = head
-    stamps = memoryview(m)[HEADER:HEADER + TL_FRAMES * 4].cast("I")
-    for i in range(TL_FRAMES):
-        stamps[i] = (~i) & 0xFFFFFFFF
-    stamps.release()
+    stamps = np.frombuffer(m, np.uint32, frames, HEADER)
+    stamps[:] = ~np.arange(frames, dtype=np.uint32)
+    del stamps
     struct.pack_into("<I", m, 0, MAGIC)
     m.close()
     return CardControl(card.shm)
+
+
+@dataclass(frozen=True)
+class CardClock:
+    """The clock parameters of a card's header (one snapshot): the card's position as a function
+    of CLOCK_MONOTONIC time, vectorised for the benchmarks' analysis (vcard_clock.h's formula)."""
+    rate: int
+    t0_ns: int
+    base_ns: int
+    base_pos: float
+    ppm: float
+    wander_ppm: float
+    wander_period: float
+    step_ns: int = 0
+    stall_start_ns: int = 0
+    stall_until_ns: int = 0
+
+    @classmethod
+    def from_header(cls, header: tuple) -> "CardClock":
+        return cls(header[2], *header[10:19])
+
+    def _wander(self, t_ns):
+        if self.wander_ppm == 0 or self.wander_period <= 0:
+            return np.zeros_like(np.asarray(t_ns, np.float64))
+        s = (np.asarray(t_ns, np.float64) - self.t0_ns) * 1e-9
+        p = self.wander_period
+        return self.wander_ppm * 1e-6 * (p / (2 * np.pi)) * (1 - np.cos(2 * np.pi * s / p))
+
+    def position(self, t_ns, pointer: bool = True):
+        """Frames at time t_ns (int or array of ns). `pointer`: as the card's pointer moves
+        (frozen during a stall, in USB-like steps); without, the sample clock itself."""
+        if pointer:
+            t = np.asarray(t_ns, np.int64)
+            t = np.where((t >= self.stall_start_ns) & (t < self.stall_until_ns),
+                         self.stall_start_ns, t)
+            if self.step_ns > 0:
+                t = self.t0_ns + ((t - self.t0_ns) // self.step_ns) * self.step_ns
+            s = (t - self.base_ns).astype(np.float64) * 1e-9
+        else:
+            t = np.asarray(t_ns, np.float64)
+            s = (t - self.base_ns) * 1e-9
+        return self.base_pos + self.rate * (s * (1 + self.ppm * 1e-6) + self._wander(t)
+                                            - self._wander(self.base_ns))
+
+    def speed(self, t_ns):
+        """The sample clock's rate (frames per second of CLOCK_MONOTONIC) at t_ns."""
+        s = (np.asarray(t_ns, np.float64) - self.t0_ns) * 1e-9
+        wander = (self.wander_ppm * np.sin(2 * np.pi * s / self.wander_period)
+                  if self.wander_ppm and self.wander_period > 0 else 0.0)
+        return self.rate * (1 + (self.ppm + wander) * 1e-6)
+
+    def time_of(self, frames):
+        """CLOCK_MONOTONIC ns (float) at which the sample clock reaches `frames` (inverse of
+        position(pointer=False), by Newton's method)."""
+        n = np.asarray(frames, np.float64)
+        t = self.base_ns + (n - self.base_pos) / (self.rate * (1 + self.ppm * 1e-6)) * 1e9
+        for _ in range(4):
+            err = self.position(t, pointer=False) - n
+            t = t - err / self.speed(t) * 1e9
+        return t
 
 
 class CardControl:
@@ -169,24 +263,28 @@ class CardControl:
     def ppm(self) -> float:
         return struct.unpack_from("<d", self._map, OFF_PPM)[0]
 
+    @property
+    def clock(self) -> CardClock:
+        """The clock parameters now (a snapshot)."""
+        return CardClock.from_header(self._header())
+
+    @property
+    def xruns(self) -> tuple[int, int]:
+        """(capture overruns, playback underruns) seen by the card so far, in every process."""
+        return struct.unpack_from("<2I", self._map, OFF_XRUNS)
+
+    @property
+    def capture_source(self) -> str:
+        return SOURCES[struct.unpack_from("<I", self._map, OFF_SOURCE)[0]]
+
+    def set_capture_source(self, source: str) -> None:
+        """Switch capture between the loop and the sine, live (from the next period read)."""
+        struct.pack_into("<I", self._map, OFF_SOURCE, SOURCES.index(source))
+
     def frames_at(self, t_ns: int | None = None) -> float:
-        """The card's true frame position at CLOCK_MONOTONIC time t_ns (now by default)."""
-        h = self._header()
-        (rate, t0, base, base_pos, ppm, wppm, wper, step, s0, s1) = (
-            h[2], h[10], h[11], h[12], h[13], h[14], h[15], h[16], h[17], h[18])
+        """The card's pointer position at CLOCK_MONOTONIC time t_ns (now by default)."""
         t = time.clock_gettime_ns(time.CLOCK_MONOTONIC) if t_ns is None else t_ns
-        if s0 <= t < s1:
-            t = s0
-        if step > 0:
-            t = t0 + ((t - t0) // step) * step
-
-        def wander(x):
-            if wppm == 0 or wper <= 0:
-                return 0.0
-            s = (x - t0) * 1e-9
-            return wppm * 1e-6 * (wper / (2 * math.pi)) * (1 - math.cos(2 * math.pi * s / wper))
-
-        return base_pos + rate * ((t - base) * 1e-9 * (1 + ppm * 1e-6) + wander(t) - wander(base))
+        return float(self.clock.position(t))
 
     def set_ppm(self, ppm: float) -> None:
         """Change the offset from now on, without a jump in position."""
