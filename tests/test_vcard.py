@@ -198,10 +198,12 @@ def _first_frame(x: np.ndarray, rate: int, freqs: list[int], amp: float) -> int 
     coarse = np.mod(theta[1] - theta[0], 2 * np.pi) * rate / (2 * np.pi * step) - (n - 1) / 2
     p0 = rate / freqs[0]
     fine = np.mod(theta[0], 2 * np.pi) * p0 / (2 * np.pi) - (n - 1) / 2
-    n0 = int(round(fine + p0 * np.round((coarse - fine) / p0)))
     i = np.arange(n)
-    # the beat repeats every rate / step frames, the sines only every `rate`
-    for cand in [c + m * rate // step for m in range(step) for c in range(n0 - 2, n0 + 3)]:
+    # the beat repeats every rate / step frames, the sines only every `rate`: each repeat of
+    # the beat is a place to refine with channel 0's phase
+    near = [coarse + m * rate / step for m in range(step)]
+    starts = [int(round(fine + p0 * np.round((c - fine) / p0))) for c in near]
+    for cand in [s + d for s in starts for d in (-1, 0, 1)]:
         want = np.stack([amp * np.sin(2 * np.pi * ((f * (cand + i)) % rate) / rate)
                          for f in freqs], axis=1)
         if np.max(np.abs(want - x)) < 1e-6:
