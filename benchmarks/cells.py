@@ -111,6 +111,9 @@ CELLS = (
         C("d", 48000, 150.0, channels=10, fmt="S16_LE", wander_ppm=10.0, wander_period=60.0),
     ), "JACK at 44.1 kHz with a small period: 2:1, 192 kHz wandering, mono playback"),
 )
+# the same card alone on its JACK server: against its row in c1, what four cards at once cost
+SOLO = (Cell("solo", 48000, 256, (CELLS[0].cards[1],),
+             "card b of c1 alone on its JACK server"),)
 QUICK = ("c1", "c2")
 
 
@@ -135,8 +138,9 @@ def coverage(cells=CELLS) -> dict[str, list]:
 
 
 def by_name(names: str | None, quick: bool = False) -> list[Cell]:
-    """Cells named in a comma-separated list (all by default; QUICK with quick)."""
-    known = {cell.name: cell for cell in CELLS}
+    """Cells named in a comma-separated list (all, the solo one included, by default; QUICK
+    with quick)."""
+    known = {cell.name: cell for cell in CELLS + SOLO}
     wanted = names.split(",") if names else list(QUICK if quick else known)
     missing = [n for n in wanted if n not in known]
     if missing:

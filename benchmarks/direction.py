@@ -35,6 +35,7 @@ RELOCK_WINDOW_S = 2.0         # after an event: shorter windows, finer steps
 RELOCK_STEP_S = 0.25
 HOLD_S = 5.0                  # a lock holds this long
 THD_WINDOW_S = 10.0
+THD_TARGET_DB = -96.0         # the target for every window without a card xrun
 NO_SIGNAL = 0.5               # a block whose tone is below half its level carries no signal
 CLEAN_DB = -40.0              # a block this clean carries its tone for sure (start, continuity)
 BEFORE_S = 5.0                # delay before an event: median over this long ...
@@ -301,6 +302,7 @@ def assess(s: Series, jack_rate: int, layout, events: dict, card_xrun_s, jack_xr
     fig["thd_n_worst_db"] = max(clean) if clean else None
     fig["thd_n_median_db"] = float(np.median(clean)) if clean else None
     fig["thd_n_windows_clean"] = len(clean)
+    fig["thd_n_windows_passing"] = sum(1 for v in clean if v <= THD_TARGET_DB)
     fig["dropout_blocks"] = int((s.state == DROPOUT).sum())
     fig["gap_blocks"] = int((s.state == GAP).sum())
     # latency: measured before the first event against what the bridge reports to JACK

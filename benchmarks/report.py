@@ -25,12 +25,13 @@ COLUMNS = (
     ("lock_10ppm_s", "lock 10 ppm (s)"),
     ("ratio_err_p95_ppm", "p95 (ppm)"),
     ("ratio_err_median_ppm", "median (ppm)"),
-    ("thd_n_worst_db", "worst THD+N (dB)"),
+    ("thd_n_worst_db", "worst THD+N (dB), windows ≤ −96 dB"),
     ("latency_error", "latency − reported (frames)"),
     ("relock_s", "re-lock after stop (s)"),
     ("stop_jump", "delay jump after stop (frames)"),
     ("stall_back", "delay after card xrun (frames)"),
-    ("natural_xruns", "card xruns"),
+    ("natural_xruns", "other card xruns (delay back ±1)"),
+    ("cpu_percent", "CPU %"),
 )
 COLOURS = {"cardbridge": "tab:blue", "zita": "tab:orange", "alsa_in": "tab:green"}
 
@@ -46,13 +47,17 @@ def figure(direction: dict | None, key: str):
     if key == "stall_back":
         return (direction.get("card_stall") or {}).get("delay_jump")
     if key == "natural_xruns":
-        return len(direction.get("natural_xruns") or ())
+        events = direction.get("natural_xruns") or ()
+        back = sum(1 for e in events if e["delay_jump"] is not None and abs(e["delay_jump"]) <= 1)
+        return f"{len(events)} ({back})" if events else 0
     return direction.get(key)
 
 
 def fmt(v, key: str = "") -> str:
     if v is None:
         return "never" if key in ("lock_2ppm_s", "lock_10ppm_s", "relock_s") else "–"
+    if isinstance(v, str):
+        return v
     if isinstance(v, (int, np.integer)):
         return str(int(v))
     if key.endswith("_db"):
@@ -107,8 +112,11 @@ def cell_table(name: str, runs: dict, kinds: list[str], cell_info: dict) -> list
                 for kind in kinds:
                     r = runs.get(kind)
                     c = r["cards"][ci] if r and ci < len(r.get("cards", [])) else {}
-                    v = figure(c.get(d), key)
-                    vals.append(fmt(v, key) + mark(v, key) if c.get(d) else "–")
+                    v = c.get(key) if key == "cpu_percent" else figure(c.get(d), key)
+                    text = fmt(v, key) + mark(v, key) if c.get(d) else "–"
+                    if key == "thd_n_worst_db" and c.get(d) and c[d].get("thd_n_windows_clean"):
+                        text += f" {c[d]['thd_n_windows_passing']}/{c[d]['thd_n_windows_clean']}"
+                    vals.append(text)
                 cells.append(" · ".join(vals))
             label = f"{card['key']}: {card['describe']}" if d == "capture" or not card.get(
                 "capture") else card["key"]
@@ -220,13 +228,17 @@ def markdown(data: dict) -> str:
     meta = data["meta"]
     kinds = meta["kinds"]
     lines = ["## Per-direction benchmark", "",
-             f"Command: `{meta['command']}`. Machine: {meta['machine']}. {meta['when']}.", "",
+             f"Command: `{meta['command']}` at {meta.get('code', 'an unrecorded commit')}. "
+             f"Machine: {meta['machine']}"
+             + (f", load average {meta['load_before'][0]:.1f} before the run"
+                if meta.get("load_before") else "") + f". {meta['when']}.", "",
              meta["method"], "",
              "Each table cell: " + " · ".join(kinds) + " (✓/✗: against the issue's target). "
              "Targets: " + "; ".join(f"{k} {t[0]}" for k, t in TARGETS.items()) + ".", "",
-             clock_line(data.get("matrix", [])), "",
-             "### Summary: directions meeting each target", ""]
-    lines += summary(data.get("matrix", []), kinds)
+             clock_line(data.get("matrix", [])), ""]
+    if data.get("matrix"):
+        lines += ["### Summary: directions meeting each target", ""]
+        lines += summary(data["matrix"], kinds)
     cells_info = {c["name"]: c for c in meta.get("cells", [])}
     for cell, runs in by_cell(data.get("matrix", [])).items():
         lines += cell_table(cell, runs, kinds, cells_info.get(cell, {}))

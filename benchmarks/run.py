@@ -66,6 +66,16 @@ METHOD = (
     "within ±2 ppm for 5 s). {seconds:g} s per cell and kind.")
 
 
+def code_version() -> str:
+    """The commit the benchmark and the engine under test come from (+ "dirty")."""
+    import subprocess
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return head + (" with uncommitted changes" if dirty else "")
+
+
 def machine() -> str:
     return f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"
 
@@ -221,7 +231,8 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / stamp
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="cardbridge-bench-"))
-    meta = {"machine": machine(), "kinds": kinds, "argv": sys.argv[1:],
+    meta = {"machine": machine(), "kinds": kinds, "argv": sys.argv[1:], "code": code_version(),
+            "load_before": os.getloadavg(),
             "command": "benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "layout": layout.__dict__,
