@@ -56,11 +56,11 @@ $(VCARD_SO): $(VCARD_SRC) $(VCARD_HDR)
 
 vcard: $(VCARD_SO)
 
-$(BUILD)/bench/cbmeter: tests/testbench/cbmeter.c
+$(BUILD)/bench/cbmeter: tests/testbench/cbmeter.c tests/testbench/benchio.h
 	mkdir -p $(dir $@)
 	gcc -O2 -g -Wall -Wextra -o $@ $< -ljack -lm -lpthread
 
-$(BUILD)/bench/cbtap: tests/testbench/cbtap.c $(VCARD_HDR)
+$(BUILD)/bench/cbtap: tests/testbench/cbtap.c tests/testbench/benchio.h $(VCARD_HDR)
 	mkdir -p $(dir $@)
 	gcc -O2 -g -Wall -Wextra -o $@ $< -lm
 

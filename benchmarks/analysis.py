@@ -58,6 +58,10 @@ def analyse_stage(run) -> dict:
                    "xrun_times": in_run,
                    "lost_time_events": int((timeline.seg_lost_frames > 0.5).sum()),
                    "lost_frames": float(timeline.seg_lost_frames.sum()),
+                   # where JACK's schedule moved (s since the start) and by how many frames
+                   "schedule_moves": [[float(t), float(f)] for t, f in zip(
+                       _seconds(timeline.raw_to_mono[0] + timeline.raw_to_mono[1]
+                                * timeline.seg_raw_start, run.t0_ns), timeline.seg_lost_frames)][1:],
                    "raw_vs_mono_ppm": timeline.raw_vs_mono_ppm,
                    "clock_fit_residual_us": timeline.clock_residual_ns / 1000,
                    "jack_time_is_raw": timeline.jack_time_is_raw,

@@ -40,6 +40,7 @@ NO_SIGNAL = 0.5               # a block whose tone is below half its level carri
 CLEAN_DB = -40.0              # a block this clean carries its tone for sure (start, continuity)
 BEFORE_S = 5.0                # delay before an event: median over this long ...
 GUARD_S = 0.3                 # ... ending this long before it
+XRUN_SETTLE_S = 2.0           # steady windows leave out a card xrun and this long after it
 SETTLED_S = 5.0               # without a re-lock, the delay after an event is read this long after
 
 PRE, GOOD, DROPOUT, GAP = 0, 1, 2, 3
@@ -56,6 +57,7 @@ class Series:
     state: np.ndarray         # PRE (no signal yet), GOOD, DROPOUT, GAP (the meter missed it)
     nominal_power: float
     block_s: float
+    ambiguity: float = 0.0    # a mono card's delay is known only modulo this (JACK frames)
 
 
 def _blocks(x: np.ndarray, n: int):
@@ -90,14 +92,6 @@ def _resolve(frames0: np.ndarray, period0: float, coarse: np.ndarray | None,
     return out
 
 
-def _fit_channels(blocks0, blocks1, w0, f0, f1):
-    fits0 = fit_blocks(blocks0, w0)
-    fits1 = None
-    if blocks1 is not None:
-        fits1 = fit_blocks(blocks1, fits0.w * f1 / f0, iterations=0)
-    return fits0, fits1
-
-
 def _states(fits0, nan_frac, level, gap_means_dropout: bool):
     amp_ok = fits0.amplitude >= NO_SIGNAL * level
     state = np.where(amp_ok & (nan_frac < 0.1), GOOD, DROPOUT)
@@ -110,79 +104,76 @@ def _states(fits0, nan_frac, level, gap_means_dropout: bool):
     return state
 
 
-def _damage(fits0, state, nominal):
+@dataclass
+class _Carried:
+    """What the blocks of one direction carry: state, THD+N and lost power per block, and the
+    source frame each block's centre came from (NaN where unknown)."""
+    state: np.ndarray
+    thd: np.ndarray
+    damage: np.ndarray
+    frames: np.ndarray
+    nominal: float
+    ambiguity: float              # frames of the source the result is known modulo (mono)
+
+
+def _carried(channels: list, n: int, w0, freqs: list, source_rate: int, expected: np.ndarray,
+             guess, level: float, gap_means_dropout: bool) -> _Carried:
+    """Fit the blocks of channel 0 (four parameters from w0) and 1 (its phase only); say which
+    source frame each block's centre carries, near `expected` − delay (two channels: the 2 Hz
+    beat; mono: continuity from `guess`, the delay in source frames)."""
+    b0, frac0 = _blocks(channels[0], n)
+    fits0 = fit_blocks(b0, w0)
+    fits1 = None
+    if len(channels) > 1:
+        b1 = _blocks(channels[1], n)[0][:len(b0)]
+        fits1 = fit_blocks(b1, fits0.w * freqs[1] / freqs[0], iterations=0)
+    state = _states(fits0, frac0, level, gap_means_dropout)
+    nominal = level ** 2 / 2
     damage = np.where(state == DROPOUT, nominal, fits0.residual_power)
     thd = np.where(state == DROPOUT, 0.0, fits0.thd_n_db())
-    return damage, thd
+    period0 = source_rate / freqs[0]
+    frames0 = np.where(state == GOOD, np.mod(fits0.phase, 2 * np.pi) * period0 / (2 * np.pi),
+                       np.nan)
+    coarse, beat = None, 0.0
+    if fits1 is not None:
+        beat = source_rate / (freqs[1] - freqs[0])
+        coarse = np.mod(fits1.phase - fits0.phase, 2 * np.pi) * beat / (2 * np.pi)
+    frames = _resolve(frames0, period0, coarse, expected, beat, guess,
+                      fits0.thd_n_db() < CLEAN_DB)
+    return _Carried(state, thd, damage, frames, nominal, 0.0 if fits1 is not None else period0)
 
 
 def capture_series(recordings: list, first_frame: int, jack_rate: int, timeline, clock,
                    freqs: list, level: float, t0_ns: int, cycles, guess_frames=None) -> Series:
     """The capture direction from the recorder's channels 0 (and 1) of one card."""
     n = int(round(BLOCK_48K * jack_rate / 48000))
-    b0, frac0 = _blocks(recordings[0], n)
-    b1 = _blocks(recordings[1], n)[0][:len(b0)] if len(recordings) > 1 else None
-    k = np.arange(len(b0))
-    centre = first_frame + k * n + (n - 1) / 2                    # JACK frames
+    centre = first_frame + np.arange(len(recordings[0]) // n) * n + (n - 1) / 2
     near = np.interp(centre, unwrap_frames(cycles["frame_time"]),
                      (cycles["mono_ns"].astype(np.float64) + cycles["mono2_ns"]) / 2)
-    t_centre = timeline.time_of(centre, near)
-    speed = clock.speed(t_centre)
-    w0 = 2 * np.pi * freqs[0] * speed / clock.rate / jack_rate
-    fits0, fits1 = _fit_channels(b0, b1, w0, freqs[0], freqs[1] if b1 is not None else None)
-    state = _states(fits0, frac0, level, gap_means_dropout=False)
-    nominal = level ** 2 / 2
-    damage, thd = _damage(fits0, state, nominal)
-    rate_c = clock.rate
-    frames0 = np.mod(fits0.phase, 2 * np.pi) * rate_c / (2 * np.pi * freqs[0])
-    expected = clock.position(t_centre, pointer=False)              # card frame at that time
-    coarse = None
-    if fits1 is not None:
-        step = freqs[1] - freqs[0]
-        coarse = np.mod(fits1.phase - fits0.phase, 2 * np.pi) * rate_c / (2 * np.pi * step)
-    good = state == GOOD
-    frames0 = np.where(good, frames0, np.nan)
-    guess = guess_frames * rate_c / jack_rate if guess_frames is not None else None
-    card_frames = _resolve(frames0, rate_c / freqs[0], coarse, expected,
-                           rate_c / (freqs[1] - freqs[0]) if fits1 is not None else 0, guess,
-                           fits0.thd_n_db() < CLEAN_DB)
-    t_card = clock.time_of(card_frames)
-    delay = centre - timeline.frames_at(t_card)
-    delay = np.where(good, delay, np.nan)
-    return Series("capture", (t_centre - t0_ns) / 1e9, delay, thd, damage, state, nominal,
-                  n / jack_rate)
+    t_centre = timeline.time_of(centre, near)                       # JACK frame -> time
+    w0 = 2 * np.pi * freqs[0] * clock.speed(t_centre) / clock.rate / jack_rate
+    guess = guess_frames * clock.rate / jack_rate if guess_frames is not None else None
+    got = _carried(recordings, n, w0, freqs, clock.rate, clock.position(t_centre, pointer=False),
+                   guess, level, gap_means_dropout=False)
+    delay = centre - timeline.frames_at(clock.time_of(got.frames))
+    return Series("capture", (t_centre - t0_ns) / 1e9, np.where(got.state == GOOD, delay, np.nan),
+                  got.thd, got.damage, got.state, got.nominal, n / jack_rate,
+                  got.ambiguity * jack_rate / clock.rate)
 
 
 def playback_series(channels: list, first_frame: int, jack_rate: int, timeline, clock,
                     freqs: list, level: float, t0_ns: int, guess_frames=None) -> Series:
     """The playback direction from the tap's channels 0 (and 1) of one card."""
-    rate_c = clock.rate
-    n = int(round(BLOCK_48K * rate_c / 48000))
-    b0, frac0 = _blocks(channels[0], n)
-    b1 = _blocks(channels[1], n)[0][:len(b0)] if len(channels) > 1 else None
-    k = np.arange(len(b0))
-    centre = first_frame + k * n + (n - 1) / 2                    # card frames
-    t_centre = clock.time_of(centre)
-    speed = clock.speed(t_centre)
-    w0 = 2 * np.pi * freqs[0] / speed
-    fits0, fits1 = _fit_channels(b0, b1, w0, freqs[0], freqs[1] if b1 is not None else None)
-    state = _states(fits0, frac0, level, gap_means_dropout=True)
-    nominal = level ** 2 / 2
-    damage, thd = _damage(fits0, state, nominal)
-    frames0 = np.mod(fits0.phase, 2 * np.pi) * jack_rate / (2 * np.pi * freqs[0])
+    n = int(round(BLOCK_48K * clock.rate / 48000))
+    centre = first_frame + np.arange(len(channels[0]) // n) * n + (n - 1) / 2
+    t_centre = clock.time_of(centre)                                # card frame -> time
+    w0 = 2 * np.pi * freqs[0] / clock.speed(t_centre)
     expected = timeline.frames_at(t_centre)                         # JACK frame at that time
-    coarse = None
-    if fits1 is not None:
-        step = freqs[1] - freqs[0]
-        coarse = np.mod(fits1.phase - fits0.phase, 2 * np.pi) * jack_rate / (2 * np.pi * step)
-    good = state == GOOD
-    frames0 = np.where(good, frames0, np.nan)
-    jack_frames = _resolve(frames0, jack_rate / freqs[0], coarse, expected,
-                           jack_rate / (freqs[1] - freqs[0]) if fits1 is not None else 0,
-                           guess_frames, fits0.thd_n_db() < CLEAN_DB)
-    delay = np.where(good, expected - jack_frames, np.nan)
-    return Series("playback", (t_centre - t0_ns) / 1e9, delay, thd, damage, state, nominal,
-                  n / rate_c)
+    got = _carried(channels, n, w0, freqs, jack_rate, expected, guess_frames, level,
+                   gap_means_dropout=True)
+    return Series("playback", (t_centre - t0_ns) / 1e9,
+                  np.where(got.state == GOOD, expected - got.frames, np.nan), got.thd,
+                  got.damage, got.state, got.nominal, n / clock.rate, got.ambiguity)
 
 
 # -- figures ------------------------------------------------------------------------------------
@@ -266,7 +257,7 @@ def trimmed(s: Series, end: float) -> Series:
     """The blocks that lie entirely within the run (the bridges stop at `end`)."""
     keep = s.t + s.block_s / 2 <= end
     return Series(s.direction, s.t[keep], s.delay[keep], s.thd_db[keep], s.damage[keep],
-                  s.state[keep], s.nominal_power, s.block_s)
+                  s.state[keep], s.nominal_power, s.block_s, s.ambiguity)
 
 
 def assess(s: Series, jack_rate: int, layout, events: dict, card_xrun_s, jack_xrun_s,
@@ -281,12 +272,17 @@ def assess(s: Series, jack_rate: int, layout, events: dict, card_xrun_s, jack_xr
     fig = {"direction": s.direction, "start_s": float(started[0]) if len(started) else None,
            "lock_2ppm_s": lock_time(ends[before_events], err[before_events], 2.0),
            "lock_10ppm_s": lock_time(ends[before_events], err[before_events], 10.0)}
-    # steady: windows from steady_from on, outside each event and its settling time
+    # steady: windows from steady_from on, outside each event and its settling time, and
+    # without a card xrun (what one costs is measured at the xrun: natural_xruns)
     steady = np.isfinite(err) & (ends >= layout.steady_from)
     for a, b in events.values():
         steady &= ~((ends > a) & (ends - WINDOW_S < b + layout.settle))
+    outside_events = steady.copy()
+    for x in card_xrun_s:
+        steady &= ~((ends > x) & (ends - WINDOW_S < x + XRUN_SETTLE_S))
     vals = np.abs(err[steady])
     fig["steady_windows"] = int(len(vals))
+    fig["windows_with_card_xruns"] = int((outside_events & ~steady).sum())
     fig["ratio_err_median_ppm"] = float(np.median(vals)) if len(vals) else None
     fig["ratio_err_p95_ppm"] = float(np.percentile(vals, 95)) if len(vals) else None
     fig["ratio_err_max_ppm"] = float(vals.max()) if len(vals) else None
@@ -309,6 +305,8 @@ def assess(s: Series, jack_rate: int, layout, events: dict, card_xrun_s, jack_xr
     measured = median_between(s, layout.steady_from, first_event)
     fig["latency_measured"] = measured
     fig["latency_reported"] = reported
+    # mono: the delay is resolved near the reported one, so it is known modulo a tone period
+    fig["latency_ambiguity"] = s.ambiguity
     if measured is not None and reported is not None:
         lo, hi = reported
         fig["latency_error"] = measured - lo if measured < lo else measured - hi if measured > hi else 0.0

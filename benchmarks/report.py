@@ -114,6 +114,8 @@ def cell_table(name: str, runs: dict, kinds: list[str], cell_info: dict) -> list
                     c = r["cards"][ci] if r and ci < len(r.get("cards", [])) else {}
                     v = c.get(key) if key == "cpu_percent" else figure(c.get(d), key)
                     text = fmt(v, key) + mark(v, key) if c.get(d) else "–"
+                    if key == "latency_error" and c.get(d) and c[d].get("latency_ambiguity"):
+                        text += f" (mod {c[d]['latency_ambiguity']:.0f})"
                     if key == "thd_n_worst_db" and c.get(d) and c[d].get("thd_n_windows_clean"):
                         text += f" {c[d]['thd_n_windows_passing']}/{c[d]['thd_n_windows_clean']}"
                     vals.append(text)

@@ -195,3 +195,32 @@ def test_the_matrix_covers_every_value_of_every_dimension():
     assert cells.coverage() == {k: [] for k in cells.coverage()}
     assert all(len(cell.cards) == 4 for cell in cells.CELLS)
     assert set(cells.QUICK) <= {cell.name for cell in cells.CELLS}
+
+
+def test_report_shows_each_direction_against_its_targets(tmp_path):
+    import report
+    c, line, clock, t0 = analysis_rig()
+    j = np.arange(0, int(48000 * 20))
+    near = line.time_of(j.astype(float), np.interp(j, c["frame_time"].astype(float),
+                                                   c["mono_ns"].astype(float)))
+    n = clock.position(line.time_of(j - 600.0, near), pointer=False)
+    recs = [(LEVEL * np.sin(2 * np.pi * ((997 + 2 * ch) * np.mod(n, 44100)) / 44100))
+            .astype(np.float32) for ch in range(2)]
+    s = direction.capture_series(recs, 0, 48000, line, clock, [997, 999], LEVEL, t0, c)
+    layout = type("L", (), {"seconds": 19.5, "steady_from": 5.0, "settle": 5.0})
+    fig = direction.assess(s, 48000, layout, {}, [], [], (600.0, 600.0))
+    card = {"card": "t1a", "key": "a", "describe": "44.1 kHz +120 ppm", "cpu_percent": 3.0,
+            "card_xruns": {"capture": 0, "playback": 0}, "bridge": {}, "capture": fig}
+    silent = dict(card, capture=dict(fig, start_s=None), bridge={"exited": ["gone"]})
+    jack = {"xruns": 0, "lost_time_events": 0, "lost_frames": 0.0, "jack_time_is_raw": True,
+            "raw_vs_mono_ppm": 0.0}
+    data = {"meta": {"command": "x", "machine": "m", "when": "now", "method": "M",
+                     "kinds": ["cardbridge", "zita"], "cells": [{"name": "t1", "describe": "D"}]},
+            "matrix": [{"cell": "t1", "kind": "cardbridge", "cards": [card], "jack": jack},
+                       {"cell": "t1", "kind": "zita", "cards": [silent], "jack": jack}]}
+    text = report.markdown(data)
+    row = next(ln for ln in text.splitlines() if ln.startswith("| a: "))
+    assert "| 0 ✓ · 0 ✓ |" in row                          # latency as reported, both
+    assert "zita on a (capture): gone" in text
+    assert "| t1 | cardbridge | 1/1 |" in text              # locked to 2 ppm within 10 s
+    assert report.plots(data, tmp_path) == [tmp_path / "t1a.png"]

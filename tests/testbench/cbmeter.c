@@ -38,6 +38,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "benchio.h"
+
 #define MAX_PORTS 256
 #define MAX_XRUNS 100000
 
@@ -161,34 +163,6 @@ static void on_signal(int sig)
 	stop_flag = 1;
 }
 
-static void *alloc_locked(size_t bytes, int nan_fill)
-{
-	void *p = mmap(NULL, bytes ? bytes : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED) {
-		fprintf(stderr, "cbmeter: cannot allocate %zu bytes\n", bytes);
-		exit(1);
-	}
-	if (nan_fill) {
-		float *f = p;
-		for (size_t i = 0; i < bytes / sizeof(float); i++)
-			f[i] = NAN;
-	} else {
-		memset(p, 0, bytes);
-	}
-	return p;
-}
-
-static int write_file(const char *dir, const char *name, const void *data, size_t bytes)
-{
-	char path[4096];
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	FILE *f = fopen(path, "wb");
-	if (!f)
-		return -1;
-	size_t done = bytes ? fwrite(data, 1, bytes, f) : 0;
-	return fclose(f) == 0 && done == bytes ? 0 : -1;
-}
-
 static void json_string(FILE *f, const char *s)
 {
 	fputc('"', f);
@@ -253,7 +227,7 @@ int main(int argc, char **argv)
 	rate = jack_get_sample_rate(client);
 	jack_nframes_t period = jack_get_buffer_size(client);
 
-	sine = alloc_locked(sizeof(float) * rate, 0);
+	sine = bench_alloc(sizeof(float) * rate, 0);
 	for (unsigned int m = 0; m < rate; m++)
 		sine[m] = (float)sin(2 * M_PI * (double)m / rate);
 	for (int k = 0; k < nplay; k++) {
@@ -283,11 +257,11 @@ int main(int argc, char **argv)
 			fprintf(stderr, "cbmeter: cannot register %s\n", pname);
 			return 1;
 		}
-		rec_buf[k] = alloc_locked(sizeof(float) * rec_cap, 1);
+		rec_buf[k] = bench_alloc(sizeof(float) * rec_cap, 1);
 	}
 	ncycles_cap = (size_t)((seconds + 4) * rate / (period < 16 ? 16 : period)) * 2 + 1024;
-	cycles = alloc_locked(sizeof(struct cycle) * ncycles_cap, 0);
-	xrun_log = alloc_locked(sizeof(struct xrun_rec) * MAX_XRUNS, 0);
+	cycles = bench_alloc(sizeof(struct cycle) * ncycles_cap, 0);
+	xrun_log = bench_alloc(sizeof(struct xrun_rec) * MAX_XRUNS, 0);
 	if (mlockall(MCL_CURRENT | MCL_FUTURE) < 0)
 		fprintf(stderr, "cbmeter: mlockall failed (%s); page faults may cost cycles\n", strerror(errno));
 
@@ -360,8 +334,8 @@ int main(int argc, char **argv)
 
 	int failed = 0;
 	size_t n = ncycles;
-	failed |= write_file(out, "cycles.bin", cycles, n * sizeof(struct cycle));
-	failed |= write_file(out, "xruns.bin", xrun_log, nxrun_log * sizeof(struct xrun_rec));
+	failed |= bench_write(out, "cycles.bin", cycles, n * sizeof(struct cycle));
+	failed |= bench_write(out, "xruns.bin", xrun_log, nxrun_log * sizeof(struct xrun_rec));
 	size_t frames = 0;
 	if (n)
 		frames = (size_t)(uint32_t)(cycles[n - 1].frame_time + cycles[n - 1].nframes - first_frame);
@@ -370,7 +344,7 @@ int main(int argc, char **argv)
 	for (int k = 0; k < nrec; k++) {
 		char fname[64];
 		snprintf(fname, sizeof(fname), "rec_%d.f32", k);
-		failed |= write_file(out, fname, rec_buf[k], frames * sizeof(float));
+		failed |= bench_write(out, fname, rec_buf[k], frames * sizeof(float));
 	}
 	char metapath[4096];
 	snprintf(metapath, sizeof(metapath), "%s/meter.json", out);

@@ -31,6 +31,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "benchio.h"
 #include "vcard_clock.h"
 
 struct poll_rec {
@@ -50,28 +51,6 @@ static void usage(void)
 {
 	fprintf(stderr, "usage: cbtap --shm PATH --out DIR --seconds S [--channels 0,1] [--poll-ms 5]\n");
 	exit(2);
-}
-
-static void *alloc_touched(size_t bytes)
-{
-	void *p = mmap(NULL, bytes ? bytes : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED) {
-		fprintf(stderr, "cbtap: cannot allocate %zu bytes\n", bytes);
-		exit(1);
-	}
-	memset(p, 0, bytes);
-	return p;
-}
-
-static int write_file(const char *dir, const char *name, const void *data, size_t bytes)
-{
-	char path[4096];
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	FILE *f = fopen(path, "wb");
-	if (!f)
-		return -1;
-	size_t done = bytes ? fwrite(data, 1, bytes, f) : 0;
-	return fclose(f) == 0 && done == bytes ? 0 : -1;
 }
 
 int main(int argc, char **argv)
@@ -137,9 +116,9 @@ int main(int argc, char **argv)
 	size_t cap = (size_t)((seconds + 2) * h->rate * 1.002) + 1;
 	float *rec[CB_MAX_CH];
 	for (int k = 0; k < nch; k++)
-		rec[k] = alloc_touched(cap * sizeof(float));
+		rec[k] = bench_alloc(cap * sizeof(float), 0);
 	size_t polls_cap = (size_t)((seconds + 2) * 1000.0 / poll_ms) + 16;
-	struct poll_rec *polls = alloc_touched(polls_cap * sizeof(struct poll_rec));
+	struct poll_rec *polls = bench_alloc(polls_cap * sizeof(struct poll_rec), 0);
 	size_t npolls = 0;
 	if (mlockall(MCL_CURRENT | MCL_FUTURE) < 0)
 		fprintf(stderr, "cbtap: mlockall failed (%s)\n", strerror(errno));
@@ -197,9 +176,9 @@ int main(int argc, char **argv)
 	for (int k = 0; k < nch; k++) {
 		char name[64];
 		snprintf(name, sizeof(name), "tap_ch%d.f32", chans[k]);
-		failed |= write_file(out, name, rec[k], frames * sizeof(float));
+		failed |= bench_write(out, name, rec[k], frames * sizeof(float));
 	}
-	failed |= write_file(out, "polls.bin", polls, npolls * sizeof(struct poll_rec));
+	failed |= bench_write(out, "polls.bin", polls, npolls * sizeof(struct poll_rec));
 	char path[4096];
 	snprintf(path, sizeof(path), "%s/tap.json", out);
 	FILE *m = fopen(path, "w");
