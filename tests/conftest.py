@@ -30,6 +30,11 @@ TESTS = Path(__file__).resolve().parent
 # The test bench (tests/testbench) is not part of the installed service: child processes that
 # run its modules (`python -m testbench.probe`, the demo's pieces) find it through PYTHONPATH.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+# Every daemon a test starts keeps its card locks (cardbridge.cardlock) in this run's own
+# directory, never in the machine's /run/lock: test runs side by side must not see each other.
+if not os.environ.get("CARDBRIDGE_LOCK_DIR"):
+    import tempfile
+    os.environ["CARDBRIDGE_LOCK_DIR"] = tempfile.mkdtemp(prefix="cardbridge-test-locks-")
 
 from testbench import procs  # noqa: E402
 from testbench.busdaemon import PrivateBus  # noqa: E402

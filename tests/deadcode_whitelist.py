@@ -5,9 +5,11 @@ Keep an entry only with its reason; remove it as soon as the name goes.
 """
 # ruff: noqa
 # D-Bus members: called by the bus library when a caller asks for them.
-Attach, Detach, ListDevices, Reload, SetAutoAttach, Restart
+Attach, Detach, ListDevices, Reload, SetAutoAttach, Restart, Set
 Version, JackRunning, JackSampleRate, JackBufferSize, AutoAttach
 RequestRelease, Priority, ApplicationName, ApplicationDeviceName     # ReserveDevice1
+# dbus-next's Unmarshaller reads `endian`; MessageBus calls `_create_unmarshaller` (dbuslib.py)
+_.endian, _._create_unmarshaller
 # The listener protocol of jacklink.JackLink: called by name (`_tell("link_up", ...)`).
 link_up, link_lost, link_param, link_connect, link_registration
 # Fields of C structs (csrc/rtcore.h) written from Python for the C code to read.

@@ -7,6 +7,7 @@ with the benchmarks); here it also insists that the daemon's log holds no traceb
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 from pathlib import Path
 
@@ -14,7 +15,24 @@ from testbench import servicerun
 from testbench.servicerun import BIFACE, BUS, MGR, MIFACE, attach, get_prop, wait_for
 
 __all__ = ["BIFACE", "BUS", "MGR", "MIFACE", "attach", "daemon", "get_prop", "jack_connections",
-           "wait_for"]
+           "service_pid", "service_workers", "wait_for"]
+
+
+def service_pid(address: str) -> int:
+    """The process id of the service owning the bus name on `address`."""
+    out = subprocess.run(["busctl", f"--address={address}", "--json=short", "call",
+                          "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                          "GetConnectionUnixProcessID", "s", BUS], capture_output=True, text=True,
+                         timeout=20, check=True)
+    return json.loads(out.stdout)["data"][0]
+
+
+def service_workers(address: str) -> list[str]:
+    """Command lines of the bridge workers of the service on `address` (its children)."""
+    pid = service_pid(address)
+    out = subprocess.run(["pgrep", "-a", "-P", str(pid), "-f", "cardbridge.engine.worker"],
+                         capture_output=True, text=True).stdout
+    return out.splitlines()
 
 
 def jack_connections(server: str, port: str) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -238,11 +239,15 @@ def test_attach_status_detach_and_their_exit_codes(cli, card):
     assert record["quality"] == "fastest" and record["latency_frames"] is not None
 
     text = cli.ok("status")
-    assert "cli test card" in text and "running" in text and "\x1b[" not in text
+    assert "cli test card" in text and "\x1b[" not in text
     for name in (card["id"], "cli test card", path):
-        one = cli.json("status", "status", name)
+        # exit 0 while it runs, 7 while it re-syncs (a busy machine): the record either way
+        proc = cli.run("--json", "status", name)
+        assert proc.returncode in (0, 7), proc.stderr
+        one = json.loads(proc.stdout)
+        schema.validate(one, "status")
         assert [b["path"] for b in one["bridges"]] == [path]
-    assert "Drift:" in cli.ok("status", "cli test card")
+    assert "Drift:" in cli.run("status", "cli test card").stdout
 
     assert "already" in cli.fails(6, "attach", card["id"]).lower()
     cli.fails(5, "attach", "no-such-device-anywhere")
@@ -363,3 +368,83 @@ def test_permission_denied_exits_4_on_the_system_bus(system_service):
     allowed = run(as_audio, "disable", device)
     assert allowed.returncode == 0, allowed.stderr
     assert run(as_audio, "enable", device).returncode == 0
+
+
+def test_attach_wait_set_restart_reload_and_status_exit_codes(cli, card, cardbridge_service):
+    doc = cli.json("attach", "attach", card["id"], "--wait", "--timeout", "90", "--no-persist")
+    record = doc["bridge"]
+    assert record["state"] == "running"
+    assert cli.run("status", record["path"]).returncode in (0, 7)      # 7 while re-syncing
+    changed = cli.json("set", "set", record["path"], "name=renamed card", "quality=fastest")
+    assert changed["bridge"]["client_name"] == "renamed card"
+    assert changed["bridge"]["quality"] == "fastest"
+    assert "Changed renamed card" in cli.ok("set", "renamed card", "period=128")
+    cli.fails(2, "set", "renamed card", "period=7")                  # the service says no
+    cli.fails(2, "set", "renamed card", "colour=red")                # the parser says no
+    cli.fails(5, "set", "no-such-bridge", "period=128")
+    restarted = cli.json("restart", "restart", "renamed card")["restarted"]
+    assert restarted["path"] == record["path"]
+    cli.fails(5, "restart", "no-such-bridge")
+    assert cli.json("reload", "reload") == {"reloaded": True}
+    wait_for(lambda: cli.run("status", "renamed card").returncode == 0, 90, "running again")
+    cli.ok("detach", "renamed card")
+    # a bridge that cannot run: a clear failure with its reason, and exit 7
+    other = cardbridge_service.device_ids[1]
+    err = cli.fails(7, "attach", other, "--capture", "64", "--wait", "--timeout", "60")
+    assert "failed" in err or "waiting" in err
+    assert ":" in err.split("error: ", 1)[1]                           # state: reason
+    proc = cli.run("status", other)
+    assert proc.returncode == 7 and "Reason:" in proc.stdout and "is failed" in proc.stderr
+
+
+def test_monitor_prints_every_event_as_a_line(cli, card):
+    for json_mode in (True, False):
+        proc = subprocess.Popen(CLI + (["--json"] if json_mode else []) + ["monitor"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=cli.env)
+        try:
+            time.sleep(1.0)                  # its matches are in place
+            cli.ok("attach", card["id"], "--name", "monitored", "--no-persist", "--wait",
+                   "--timeout", "90")
+            cli.ok("set", "monitored", "quality=linear")
+            cli.ok("detach", "monitored")
+            time.sleep(1.0)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and err == "", err
+        lines = out.splitlines()
+        if json_mode:
+            events = [json.loads(line) for line in lines]
+            for event in events:
+                schema.validate(event, "monitor")
+            kinds = [e["event"] for e in events]
+            assert kinds[0] == "bridge-added" and kinds[-1] == "bridge-removed", kinds
+            assert any(e["event"] == "bridge-changed" and e["changes"].get("state") == "running"
+                       for e in events)
+            assert any(e["event"] == "bridge-changed" and e["changes"].get("quality") == "linear"
+                       for e in events)
+        else:
+            assert re.match(r"^\d\d:\d\d:\d\d\.\d{3} bridge-added /org/cardbridge/", lines[0]), lines
+            assert any(" bridge-changed " in line and "state=running" in line for line in lines)
+            assert "bridge-removed" in lines[-1]
+            assert "\x1b" not in out
+
+
+def test_watch_writes_plain_frames_when_not_on_a_terminal(cli, card):
+    proc = subprocess.Popen(CLI + ["watch"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, env=cli.env)
+    try:
+        cli.ok("attach", card["id"], "--name", "piped", "--no-persist", "--wait", "--timeout", "90")
+        time.sleep(2.5)
+        cli.ok("detach", "piped")
+        time.sleep(1.5)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and err == "", err
+    assert "\x1b" not in out
+    frames = [f for f in out.split("\n\n") if f.strip()]
+    assert len(frames) >= 2 and all(f.startswith("cardbridge watch") for f in frames), out
+    assert any("piped" in f and "running" in f for f in frames)
+    assert "No bridges" in frames[-1]

@@ -17,7 +17,7 @@ from cardbridge.devices import device_from_udev
 from testbench.udevinject import CARDS
 from testbench.vcard import VirtualCard, create_card, hw_override_config
 
-from service_helpers import daemon, get_prop as prop, jack_connections, wait_for
+from service_helpers import daemon, service_workers, get_prop as prop, jack_connections, wait_for
 
 CARD = 3
 
@@ -160,10 +160,10 @@ def list_devices(address: str) -> dict[str, dict]:
             for d in json.loads(out.stdout)["data"][0]}
 
 
-def worker_count() -> int:
-    out = subprocess.run(["pgrep", "-f", "cardbridge.engine.worker"], capture_output=True,
-                         text=True).stdout
-    return len(out.split())
+def worker_count(address: str) -> int:
+    """Bridge workers of the service on `address` (its children: other test runs on the machine
+    have workers of their own)."""
+    return len(service_workers(address))
 
 
 def test_event_storm_and_malformed_events_leave_the_service_consistent_and_responsive(
@@ -230,7 +230,7 @@ def test_event_storm_and_malformed_events_leave_the_service_consistent_and_respo
             return True
 
         wait_for(settled, 60, "the service to settle on what is plugged")
-        assert worker_count() == len(models), "one worker per bridge, no strays"
+        assert worker_count(address) == len(models), "one worker per bridge, no strays"
         calls = sorted(call_times)
         print(f"\n{sent} udev events in {storm:.1f} s; ListDevices during the storm: median "
               f"{calls[len(calls) // 2] * 1000:.0f} ms, max {calls[-1] * 1000:.0f} ms "

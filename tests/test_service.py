@@ -128,13 +128,13 @@ def raw_call(address: str, path: str, iface: str, member: str, signature: str = 
     from dbus_next.aio import MessageBus
 
     body = []
-    if signature == "sa{sv}":
-        opts, rest = {}, list(args[2:])
+    if signature in ("sa{sv}", "a{sv}"):
+        opts, rest = {}, list(args[2:] if signature == "sa{sv}" else args)
         while rest:
             key, sig, value = rest[:3]
             rest = rest[3:]
             opts[key] = Variant(sig, int(value) if sig == "u" else (value == "true" if sig == "b" else value))
-        body = [args[0], opts]
+        body = [args[0], opts] if signature == "sa{sv}" else [opts]
     elif signature:
         body = [args[0]]
 
@@ -206,6 +206,12 @@ def test_errors_are_typed_one_line_and_leak_nothing(service):
         (("Attach", "sa{sv}", "vca", "1", "colour", "s", "red"), "InvalidArgument"),
         (("Attach", "sa{sv}", "vca", "2", "capture", "u", "0", "playback", "u", "0"), "InvalidArgument"),
         (("Detach", "s", "vcb"), "NoSuchBridge"),
+        (("Detach", "s", f"{MGR}/bridge/_zz"), "NoSuchBridge"),          # malformed escape
+        (("Detach", "s", f"{MGR}/bridge/_76ca"), "NoSuchBridge"),        # "vca" spelt otherwise
+        (("Attach", "sa{sv}", "vca", "1", "name", "s", "音" * 40), "InvalidArgument"),
+        (("Attach", "sa{sv}", "vca", "1", "name", "s", "system"), "InvalidArgument"),
+        (("Attach", "sa{sv}", "vca", "1", "name", "s", "cardbridge"), "InvalidArgument"),
+        (("Set", "sa{sv}", "vcb", "1", "period", "u", "128"), "NoSuchBridge"),
         (("Attach", "s", "vca"), "org.freedesktop.DBus.Error.InvalidArgs"),
         (("SetAutoAttach", "s", "vca"), "org.freedesktop.DBus.Error.InvalidArgs"),
         (("NoSuchMethod",), "org.freedesktop.DBus.Error.UnknownMethod"),
@@ -317,3 +323,99 @@ def test_introspection_matches_the_contract_xml(service):
             obj = MGR if name == MIFACE else path
             live = service.busctl("introspect", "--xml-interface", BUS, obj).stdout
             assert members(live, name) == members(xml_text, name), name
+
+
+def test_a_bridge_is_changed_in_place_and_keeps_the_change(service):
+    path = service.json_call(MGR, MIFACE, "Attach", "sa{sv}", "vca", "0")[0]
+    service.wait_prop(path, "State", "running")
+    name = "音" * 21                                          # 63 bytes: JACK's limit
+    assert service.json_call(MGR, MIFACE, "Set", "sa{sv}", "vca", "3", "name", "s", name,
+                             "period", "u", "128", "quality", "s", "fastest")[0] == path
+    service.wait_prop(path, "ClientName", name)
+    assert service.prop(path, BIFACE, "Quality") == "fastest"
+    service.wait_prop_in(path, "State", ("syncing", "running"))
+    service.wait_prop(path, "Period", 128)
+    ports = subprocess.run(["jack_lsp", "-s", service.jack.name], capture_output=True,
+                           text=True).stdout
+    assert f"{name}:capture_1" in ports and "Card A:" not in ports
+    for bad in (("period", "u", "7"), ("name", "s", "system"), ("persist", "b", "false"),
+                ("name", "s", "x" * 64)):
+        name_, text = raw_call(service.bus.address, path, BIFACE, "Set", "a{sv}", *bad)
+        assert name_ == "org.cardbridge.CardBridge1.Error.InvalidArgument", (bad, name_, text)
+    service.call(path, BIFACE, "Set", "a{sv}", "1", "quality", "s", "linear")
+    service.stop()
+    state = json.loads((service.state_dir / "state.json").read_text())
+    assert state["bridges"]["vca"] == {"name": name, "period": 128, "quality": "linear"}
+    service.start()
+    service.wait_prop(path, "ClientName", name)
+    assert service.prop(path, BIFACE, "Quality") == "linear"
+
+
+def test_reload_takes_a_removed_declared_device_away(service):
+    path = service.json_call(MGR, MIFACE, "Attach", "sa{sv}", "vcb", "0")[0]
+    service.config.write_text(CONFIG.split("[devices.vcb]")[0])
+    service.call(MGR, MIFACE, "Reload")
+    ids = [d["id"]["data"] for d in service.json_call(MGR, MIFACE, "ListDevices")[0]]
+    assert ids == ["vca"]
+    assert raw_call(service.bus.address, MGR, MIFACE, "Attach", "sa{sv}", "vcb")[0] \
+        == "org.cardbridge.CardBridge1.Error.NoSuchDevice"
+    assert service.busctl("get-property", BUS, path, BIFACE, "State", check=False).returncode != 0
+
+
+def test_restored_bridge_options_are_validated(service):
+    service.stop()
+    service.state_dir.mkdir(exist_ok=True)
+    (service.state_dir / "state.json").write_text(json.dumps({"version": 1, "bridges": {
+        "vca": {"period": "huge", "quality": "superb", "name": "x" * 200, "periods": 3},
+        "vcb": ["not", "options"]}}))
+    service.start()
+    path = f"{MGR}/bridge/vca"
+    service.wait_prop_in(path, "State", ("syncing", "running"))
+    assert service.prop(path, BIFACE, "ClientName") == "Card A"
+    assert service.prop(path, BIFACE, "Quality") == "medium"
+    assert service.prop(path, BIFACE, "Periods") >= 3
+    assert service.busctl("get-property", BUS, f"{MGR}/bridge/vcb", BIFACE, "State",
+                          check=False).returncode != 0
+    assert "ignored" in service.logtext()
+
+
+def test_a_huge_call_is_refused_unread_and_others_are_served_meanwhile(service):
+    """A 4 MiB Introspect call of one-byte variants (anyone may send it on any bus) used to keep
+    the service busy decoding for about 14 s; it is now refused without being decoded, and a
+    caller asking meanwhile is answered."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import large_call
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    import asyncio
+
+    from dbus_next import Message
+    from dbus_next.aio import MessageBus
+
+    async def scenario():
+        sender = await MessageBus(bus_address=service.bus.address).connect()
+        prober = await MessageBus(bus_address=service.bus.address).connect()
+        serial = sender.next_serial()
+        answered = asyncio.get_running_loop().create_future()
+
+        def on_reply(msg):
+            if msg.reply_serial == serial and not answered.done():
+                answered.set_result(msg)
+
+        sender.add_message_handler(on_reply)
+        sending = asyncio.ensure_future(asyncio.get_running_loop().sock_sendall(
+            sender._sock, large_call.huge_introspect(4, serial)))
+        reply = await asyncio.wait_for(answered, 10)
+        probe = await asyncio.wait_for(prober.call(Message(
+            destination=BUS, path=MGR, interface="org.freedesktop.DBus.Properties", member="Get",
+            signature="ss", body=[MIFACE, "Version"])), 10)
+        await sending
+        sender.disconnect()
+        prober.disconnect()
+        return reply, probe
+
+    reply, probe = asyncio.run(scenario())
+    assert reply.error_name == "org.freedesktop.DBus.Error.LimitsExceeded", reply.error_name
+    assert probe.body and probe.body[0].value
+    assert service.prop(MGR, MIFACE, "JackRunning") in (True, False)

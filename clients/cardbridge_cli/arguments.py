@@ -72,6 +72,25 @@ def _positive(text: str) -> int:
     return value
 
 
+WAIT_DEFAULT = 30
+SETTING_KINDS = {"name": str, "capture": int, "playback": int, "rate": int, "period": int,
+                 "periods": int, "max_periods": int, "quality": str}
+
+
+def _setting(text: str) -> tuple[str, object]:
+    """KEY=VALUE of `set`, typed (the service checks the ranges)."""
+    key, sep, value = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or key not in SETTING_KINDS:
+        raise argparse.ArgumentTypeError(
+            f"not KEY=VALUE with KEY one of {', '.join(SETTING_KINDS)}: {text!r}")
+    if SETTING_KINDS[key] is int:
+        return key, _count(value)
+    if key == "quality" and value not in QUALITIES:
+        raise argparse.ArgumentTypeError(f"quality must be one of {', '.join(QUALITIES)}")
+    return key, value
+
+
 def _common_options(suppress: bool) -> argparse.ArgumentParser:
     """--system/--session/--json, accepted before and after the command."""
     default = argparse.SUPPRESS if suppress else None
@@ -133,6 +152,31 @@ def build_parser() -> argparse.ArgumentParser:
     attach.add_argument("--quality", choices=QUALITIES, help="resampler quality")
     attach.add_argument("--no-persist", dest="persist", action="store_false",
                         help="do not remember this card: no re-attach on replug or restart")
+    attach.add_argument("--wait", action="store_true",
+                        help="return only when the bridge runs (exit 0) or clearly does not: it "
+                             "failed, or waits (for JACK, for the card, for whoever holds the "
+                             "card) with its reason (exit 7)")
+    attach.add_argument("--timeout", metavar="SECONDS", type=_positive, default=WAIT_DEFAULT,
+                        help="with --wait: how long the bridge may take to run "
+                             "(default: %(default)s)")
+
+    set_ = command("set", "change an attached bridge in place",
+                   "Change an attached bridge's settings: the JACK client name, channels, rate, "
+                   "period, periods, max_periods, quality. Remembered; the bridge's worker starts "
+                   "again with them.")
+    set_.add_argument("bridge", metavar="BRIDGE", help="the bridge to change")
+    set_.add_argument("settings", nargs="+", metavar="KEY=VALUE", type=_setting,
+                      help="name=NAME, capture=N, playback=N, rate=HZ, period=FRAMES, "
+                           "periods=N, max_periods=N, quality=" + "|".join(QUALITIES))
+
+    restart = command("restart", "start a bridge again",
+                      "Start a bridge's stream again; a bridge that was given up, or held (the "
+                      "card was in use), is looked at again.")
+    restart.add_argument("bridge", metavar="BRIDGE", help="the bridge to restart")
+
+    command("reload", "make the service re-read its configuration file",
+            "Make the service re-read its configuration file (an invalid one is refused and "
+            "the running configuration stays).")
 
     detach = command("detach", "detach a bridge (stop bridging a card)",
                      "Detach a bridge: its JACK client goes away and the card is not re-attached.")
@@ -146,7 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
     command("watch", "live view of every bridge, with drift and delay history",
             "Live view of every bridge, updated as the service reports changes, with a short "
             "history of drift (ppm) and delay error (frames) per bridge. Quit with q or Ctrl-C. "
-            "With --json, print one JSON object per event (JSON lines).")
+            "With --json, print one JSON object per event (JSON lines). When the output is not "
+            "a terminal, plain frames are printed instead (no screen control codes), at most "
+            "one a second and only when something changed.")
+
+    command("monitor", "print every event of the service as it happens",
+            "Print every event of the service, one line each, as it happens: bridges added, "
+            "changed (each property) and removed, devices added and removed, the service's "
+            "properties, the service starting and stopping. With --json, one JSON object per "
+            "line. Ctrl-C ends it.")
 
     asoundrc = command("asoundrc", "print an ALSA multi device for cards that share a clock",
                        "Print an ALSA 'multi' pcm and its ctl for cards whose clocks are locked "

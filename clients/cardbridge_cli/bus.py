@@ -164,6 +164,13 @@ class Service:
     async def detach(self, bridge_or_device: str) -> None:
         await self._call(MANAGER_PATH, MANAGER_IFACE, "Detach", "s", [bridge_or_device])
 
+    async def set_options(self, bridge: str, options: dict) -> str:
+        variants = {key: Variant(_OPTION_SIGNATURES[key], value) for key, value in options.items()}
+        return (await self._call(MANAGER_PATH, MANAGER_IFACE, "Set", "sa{sv}", [bridge, variants]))[0]
+
+    async def restart(self, path: str) -> None:
+        await self._call(path, BRIDGE_IFACE, "Restart")
+
     async def set_auto_attach(self, device: str, enabled: bool) -> None:
         await self._call(MANAGER_PATH, MANAGER_IFACE, "SetAutoAttach", "sb", [device, enabled])
 
@@ -176,7 +183,8 @@ class Service:
         """Deliver the service's signals as events until disconnected.
 
         on_event(kind, data) with kind one of: "properties" {path, interface, changed},
-        "added" {path, interfaces}, "removed" {path, interfaces}, "owner" {running}.
+        "added" {path, interfaces}, "removed" {path, interfaces}, "owner" {running},
+        "device-added" {id, info}, "device-removed" {id}.
         """
         rules = [
             f"type='signal',sender='{BUS_NAME}',interface='{PROPERTIES_IFACE}',"
@@ -186,6 +194,7 @@ class Service:
             f"type='signal',sender='{BUS_NAME}',interface='{OBJECT_MANAGER_IFACE}',"
             f"path_namespace='{MANAGER_PATH}'",
             f"type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',arg0='{BUS_NAME}'",
+            f"type='signal',sender='{BUS_NAME}',interface='{MANAGER_IFACE}',path='{MANAGER_PATH}'",
         ]
 
         def handler(msg: Message):
@@ -200,6 +209,10 @@ class Service:
                 on_event("added", {"path": body[0], "interfaces": body[1]})
             elif msg.interface == OBJECT_MANAGER_IFACE and msg.member == "InterfacesRemoved":
                 on_event("removed", {"path": body[0], "interfaces": body[1]})
+            elif msg.interface == MANAGER_IFACE and msg.member == "DeviceAdded" and len(body) == 2:
+                on_event("device-added", {"id": body[0], "info": body[1]})
+            elif msg.interface == MANAGER_IFACE and msg.member == "DeviceRemoved" and body:
+                on_event("device-removed", {"id": body[0]})
             return None
 
         self._bus.add_message_handler(handler)

@@ -7,8 +7,10 @@ failures.CliError; JSON documents follow schema.py.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
+import time
 
 from . import asoundrc, bus, failures, records, render
 from .failures import CliError, shown
@@ -49,6 +51,10 @@ async def status(service: bus.Service, args, out: Output) -> int:
         raise CliError(failures.NOT_FOUND, f"no bridge {shown(args.bridge)} (see 'cardbridge status')")
     doc["bridges"] = [record]
     out.result(doc, render.bridge_detail_view(record, out.style))
+    if record["state"] != "running":
+        raise CliError(failures.NOT_READY, f"{render.dash(record['client_name'])} is "
+                       f"{render.dash(record['state'])}"
+                       + (f": {record['state_reason']}" if record.get("state_reason") else ""))
     return failures.OK
 
 
@@ -74,13 +80,55 @@ async def attach(service: bus.Service, args, out: Output) -> int:
         props = await service.bridge_properties(path)
     except CliError:
         props = {"Device": args.device}           # gone again already; report what we know
+    if args.wait:
+        props = await wait_until_running(service, path, props, args.timeout)
     manager = await service.manager_properties()
     jack_rate = manager.get("JackSampleRate") if manager.get("JackRunning") else None
     record = records.bridge_record(path, props, jack_rate)
     text = (f"Attached {record['device'] or args.device} as JACK client "
             f"'{render.dash(record['client_name'])}' ({render.dash(record['state'])}): {path}")
+    if args.wait and record["state"] != "running":
+        reason = record.get("state_reason") or "no reason given"
+        raise CliError(failures.NOT_READY, f"{render.dash(record['client_name'])} is "
+                       f"{render.dash(record['state'])}: {reason}")
     out.result({"bridge": record}, text)
     return failures.OK
+
+
+WAIT_POLL = 0.2          # s between looks at a bridge being waited for
+WAIT_SETTLED = 2.0       # s a failed or waiting state must last to be the answer
+
+
+async def wait_until_running(service: bus.Service, path: str, props: dict,
+                             timeout: float) -> dict:
+    """The bridge's properties once it runs, once it has failed or waited for WAIT_SETTLED
+    seconds (JACK absent, card held elsewhere: a clear answer with a reason), or at the
+    timeout; whichever comes first."""
+    deadline = time.monotonic() + timeout
+    since = None
+    while True:
+        state = props.get("State")
+        if state == "running":
+            return props
+        if state == "failed" or (state or "").startswith("waiting-"):
+            since = since if since is not None else time.monotonic()
+            if time.monotonic() - since >= WAIT_SETTLED:
+                return props
+        else:
+            since = None
+        if time.monotonic() >= deadline:
+            props = dict(props)
+            props["StateReason"] = (f"still {state or 'unknown'} after {timeout} s"
+                                    + (f" ({props.get('StateReason')})"
+                                       if props.get("StateReason") else ""))
+            return props
+        await asyncio.sleep(WAIT_POLL)
+        try:
+            props = await service.bridge_properties(path)
+        except CliError as exc:
+            if exc.code == failures.NOT_FOUND:
+                raise CliError(failures.NOT_READY, f"the bridge {path} went away") from None
+            raise
 
 
 async def detach(service: bus.Service, args, out: Output) -> int:
@@ -95,6 +143,37 @@ async def detach(service: bus.Service, args, out: Output) -> int:
         detached = {"device": args.target, "path": None}
         text = f"Detached {args.target}."
     out.result({"detached": detached}, text)
+    return failures.OK
+
+
+async def set_command(service: bus.Service, args, out: Output) -> int:
+    options = dict(args.settings)
+    path = await service.set_options(args.bridge, options)
+    record = records.bridge_record(path, await service.bridge_properties(path))
+    changes = ", ".join(f"{key}={value}" for key, value in options.items())
+    out.result({"bridge": record}, f"Changed {render.dash(record['client_name'])}: {changes}.")
+    return failures.OK
+
+
+async def _bridge_path(service: bus.Service, wanted: str) -> dict:
+    bridges = [records.bridge_record(p, props) for p, props in (await service.bridges()).items()]
+    record = records.find_bridge(bridges, wanted)
+    if record is None:
+        raise CliError(failures.NOT_FOUND, f"no bridge {shown(wanted)} (see 'cardbridge status')")
+    return record
+
+
+async def restart(service: bus.Service, args, out: Output) -> int:
+    record = await _bridge_path(service, args.bridge)
+    await service.restart(record["path"])
+    out.result({"restarted": {"device": record["device"], "path": record["path"]}},
+               f"Restarting {render.dash(record['client_name'])} ({record['device']}).")
+    return failures.OK
+
+
+async def reload(service: bus.Service, args, out: Output) -> int:
+    await service.reload()
+    out.result({"reloaded": True}, "Configuration reloaded.")
     return failures.OK
 
 
@@ -153,6 +232,11 @@ async def watch_command(service: bus.Service, args, out: Output) -> int:
     return await run_watch(service, out.json_mode)
 
 
+async def monitor_command(service: bus.Service, args, out: Output) -> int:
+    from .monitor import run_monitor
+    return await run_monitor(service, out.json_mode)
+
+
 _WITH_SERVICE = {
     "status": status,
     "devices": devices,
@@ -162,6 +246,10 @@ _WITH_SERVICE = {
     "disable": set_auto_attach,
     "asoundrc": asoundrc_command,
     "watch": watch_command,
+    "monitor": monitor_command,
+    "set": set_command,
+    "restart": restart,
+    "reload": reload,
 }
 
 

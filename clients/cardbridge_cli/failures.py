@@ -13,6 +13,7 @@ NOT_RUNNING = 3
 DENIED = 4
 NOT_FOUND = 5
 CONFLICT = 6
+NOT_READY = 7
 INTERRUPTED = 130
 
 # (code, meaning) in the order shown by --help, the man page and the README.
@@ -24,6 +25,8 @@ EXIT_CODES = (
     (DENIED, "permission denied"),
     (NOT_FOUND, "no such device or bridge"),
     (CONFLICT, "conflict: the device is already attached or busy"),
+    (NOT_READY, "the bridge is not running (status BRIDGE; attach --wait: it failed, waits, or "
+                "did not start in time; the reason is printed)"),
 )
 
 _SERVICE_ERROR_PREFIX = "org.cardbridge.CardBridge1.Error."

@@ -89,6 +89,9 @@ COMMANDS = {
             "slaves": {"type": "array", "items": SLAVE}})},
     }),
     "version": _object({"client": {"type": "string"}, "service": _OPT_STR}),
+    "set": _object({"bridge": BRIDGE}),
+    "restart": _object({"restarted": _object({"device": _OPT_STR, "path": {"type": "string"}})}),
+    "reload": _object({"reloaded": {"type": "boolean"}}),
 }
 
 # `watch --json`: one object per line, told apart by "event".
@@ -108,6 +111,28 @@ WATCH_EVENTS = {
 }
 COMMANDS["watch"] = {"oneOf": list(WATCH_EVENTS.values()),
                      "description": "one JSON object per line (JSON lines)"}
+
+
+def _event(name: str, **fields) -> dict:
+    return _object({"event": {"enum": [name]}, "time": {"type": "number"}, **fields})
+
+
+# `monitor --json`: one object per line, every event of the service as it happens.
+MONITOR_EVENTS = {
+    "service-started": _event("service-started"),
+    "service-stopped": _event("service-stopped"),
+    "service-changed": _event("service-changed", changes={
+        "type": "object", "description": "version, jack_running, jack_sample_rate, "
+                                        "jack_buffer_size, auto_attach: those that changed"}),
+    "bridge-added": _event("bridge-added", path={"type": "string"}, bridge=BRIDGE),
+    "bridge-changed": _event("bridge-changed", path={"type": "string"}, changes={
+        "type": "object", "description": "bridge keys that changed, with their new values"}),
+    "bridge-removed": _event("bridge-removed", path={"type": "string"}),
+    "device-added": _event("device-added", id={"type": "string"}, device=DEVICE),
+    "device-removed": _event("device-removed", id={"type": "string"}),
+}
+COMMANDS["monitor"] = {"oneOf": list(MONITOR_EVENTS.values()),
+                       "description": "one JSON object per line (JSON lines)"}
 
 
 def full_schema() -> dict:

@@ -5,7 +5,9 @@ Runs in the CLI process's asyncio loop. `WatchModel` is the pure state (records 
 drift and delay error per bridge, sampled locally at a fixed rate so a stalled bridge shows as a
 flat line and a growing "quiet" age); `render_screen` draws it; `run_watch` wires signals, the
 terminal (cbreak mode, `q` quits, Ctrl-C quits, alternate screen restored on every exit) and,
-with --json, prints one JSON object per event instead of drawing.
+with --json, prints one JSON object per event instead of drawing. When the output is not a
+terminal (a pipe, a file, a log), it writes plain frames — no control codes, no colour — each
+followed by a blank line, at most one a second and only when the picture changed.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .failures import CliError
 
 SAMPLE_INTERVAL = 0.5        # s between history samples (local, from the last values received)
 REDRAW_INTERVAL = 0.2        # s; at most 5 redraws a second
+PLAIN_INTERVAL = 1.0         # s; at most one plain frame a second when not on a terminal
 HISTORY = 240                # samples kept per bridge (2 minutes)
 QUIET_AFTER = 3.0            # s without any change before a running bridge is marked quiet
 _MANAGER_KEYS = {"Version", "JackRunning", "JackSampleRate", "JackBufferSize", "AutoAttach"}
@@ -207,6 +210,10 @@ async def run_watch(service, json_mode: bool) -> int:
     dirty = asyncio.Event()
     style = render.Style(render.colour_wanted())
     ascii_only = not render.unicode_ok()
+    try:
+        plain = not json_mode and not sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        plain = True
     lost = []
 
     def emit(event: str, **fields) -> None:
@@ -278,6 +285,22 @@ async def run_watch(service, json_mode: bool) -> int:
             sys.stdout.flush()
             await asyncio.sleep(REDRAW_INTERVAL)
 
+    async def plain_painter() -> None:
+        last: list[str] = []
+        while True:
+            await dirty.wait()
+            dirty.clear()
+            lines = [line for line in render_screen(model, 200, 10000, render.Style(False),
+                                                    ascii_only, loop.time()) if line]
+            if lines[1:] != last[1:]:            # the first line holds the clock
+                last = lines
+                try:
+                    sys.stdout.write("\n".join(lines) + "\n\n")
+                    sys.stdout.flush()
+                except (BrokenPipeError, OSError):
+                    stop.set()
+            await asyncio.sleep(PLAIN_INTERVAL)
+
     async def watch_bus() -> None:
         try:
             await service.disconnected()
@@ -290,14 +313,15 @@ async def run_watch(service, json_mode: bool) -> int:
     await snapshot()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(signum, stop.set)
-    if not json_mode:
+    if not json_mode and not plain:
         loop.add_signal_handler(signal.SIGWINCH, dirty.set)
     tasks = [loop.create_task(watch_bus())]
-    with _Terminal(draw=not json_mode) as terminal:
+    with _Terminal(draw=not json_mode and not plain) as terminal:
         if terminal.fd is not None:
             loop.add_reader(terminal.fd, on_key)
         if not json_mode:
-            tasks += [loop.create_task(sampler()), loop.create_task(painter())]
+            tasks += [loop.create_task(sampler()),
+                      loop.create_task(plain_painter() if plain else painter())]
         try:
             await stop.wait()
         finally:

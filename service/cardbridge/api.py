@@ -29,8 +29,8 @@ STATS_MIN_INTERVAL = 0.2          # ≤ 5 Hz of PropertiesChanged per bridge
 # member → input signature, for the wrong-signature check (dbus-next would say UnknownMethod)
 SIGNATURES = {
     names.MANAGER_IFACE: {"Attach": "sa{sv}", "Detach": "s", "ListDevices": "", "Reload": "",
-                          "SetAutoAttach": "sb"},
-    names.BRIDGE_IFACE: {"Detach": "", "Restart": ""},
+                          "SetAutoAttach": "sb", "Set": "sa{sv}"},
+    names.BRIDGE_IFACE: {"Detach": "", "Restart": "", "Set": "a{sv}"},
 }
 OPTION_TYPES = {"name": "s", "quality": "s", "persist": "b", "capture": "u", "playback": "u",
                 "rate": "u", "period": "u", "periods": "u", "max_periods": "u"}
@@ -106,6 +106,12 @@ class ManagerInterface(ServiceInterface):
     @dbus_errors
     async def Detach(self, bridge_or_device: "s"):
         await self.manager.detach(bridge_or_device)
+
+    @method()
+    @dbus_errors
+    async def Set(self, bridge_or_device: "s", options: "a{sv}") -> "o":
+        dev_id = await self.manager.set_options(bridge_or_device, options_from_variants(options))
+        return names.bridge_path(dev_id)
 
     @method()
     @dbus_errors
@@ -188,6 +194,11 @@ class BridgeInterface(ServiceInterface):
     @dbus_errors
     async def Restart(self):
         await self.manager.restart(self.device_id)
+
+    @method()
+    @dbus_errors
+    async def Set(self, options: "a{sv}"):
+        await self.manager.set_options(self.device_id, options_from_variants(options))
 
 
 def _bridge_property(stat: Stat):

@@ -15,6 +15,9 @@ from . import names
 from .errors import InvalidArgument
 
 AUTO_ATTACH = ("none", "usb", "all")
+# org.freedesktop.ReserveDevice1 (reserve.py): "ask" takes free cards and asks their owners only
+# for the cards you attach yourself; "take" asks for every card; "never" leaves it alone
+RESERVE = ("ask", "take", "never")
 BRIDGE_KEYS = {"name": str, "capture": int, "playback": int, "rate": int, "period": int,
                "periods": int, "max_periods": int, "quality": str}
 LIMITS = {"capture": (0, 64), "playback": (0, 64), "rate": (8000, 384000),
@@ -34,6 +37,7 @@ class DeclaredDevice:
 @dataclass
 class Config:
     auto_attach: str = "usb"
+    reserve: str = "ask"
     hotplug: bool = True
     period: int = 256
     periods: int = 2
@@ -77,12 +81,23 @@ def check_bridge_options(opts: dict, where: str) -> dict:
         if key == "quality" and value not in names.QUALITIES:
             raise InvalidArgument(f"{where}: quality must be one of {', '.join(names.QUALITIES)}")
         if key == "name":
-            if not value.strip() or len(value) > names.JACK_CLIENT_NAME_MAX:
-                raise InvalidArgument(f"{where}: name must be 1 to {names.JACK_CLIENT_NAME_MAX} characters")
+            check_client_name(value, where)
         out[key] = value
     if out.get("capture") == 0 and out.get("playback") == 0:
         raise InvalidArgument(f"{where}: capture and playback cannot both be off")
     return out
+
+
+def check_client_name(value: str, where: str) -> None:
+    """A JACK client name asked for by a user: 1 to 63 bytes of UTF-8 and none of JACK's or the
+    service's own names."""
+    size = len(value.encode("utf-8", errors="surrogatepass"))
+    if not value.strip() or size > names.JACK_CLIENT_NAME_MAX:
+        raise InvalidArgument(f"{where}: name must be 1 to {names.JACK_CLIENT_NAME_MAX} bytes "
+                              f"of UTF-8 (JACK's limit; this one has {size})")
+    if names.jack_client_name(value) in names.RESERVED_CLIENT_NAMES:
+        raise InvalidArgument(f"{where}: the JACK client name '{value.strip()}' is reserved "
+                              "(JACK's own ports or the service's JACK client)")
 
 
 def parse_config(text: str, path: str | None = None) -> Config:
@@ -92,7 +107,7 @@ def parse_config(text: str, path: str | None = None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise InvalidArgument(f"{where}: not valid TOML ({exc})") from None
     cfg = Config(path=path)
-    known = {"auto_attach", "hotplug", "devices", "profiles", *DEFAULT_KEYS}
+    known = {"auto_attach", "reserve", "hotplug", "devices", "profiles", *DEFAULT_KEYS}
     unknown = sorted(set(data) - known)
     if unknown:
         raise InvalidArgument(f"{where}: unknown setting '{unknown[0]}'")
@@ -100,6 +115,10 @@ def parse_config(text: str, path: str | None = None) -> Config:
         if data["auto_attach"] not in AUTO_ATTACH:
             raise InvalidArgument(f"{where}: auto_attach must be one of {', '.join(AUTO_ATTACH)}")
         cfg.auto_attach = data["auto_attach"]
+    if "reserve" in data:
+        if data["reserve"] not in RESERVE:
+            raise InvalidArgument(f"{where}: reserve must be one of {', '.join(RESERVE)}")
+        cfg.reserve = data["reserve"]
     if "hotplug" in data:
         if not isinstance(data["hotplug"], bool):
             raise InvalidArgument(f"{where}: hotplug must be true or false")

@@ -17,7 +17,9 @@ made again from the loop whenever the bridge's ports come back (`bridge_up`, or 
 re-registering) and whenever a missing peer port appears.
 
 Persisted through the `load()`/`save(dict)` callbacks as
-`{device_id: {short_port: [peer_full_name, ...]}}`.
+`{device_id: {short_port: [peer_full_name, ...]}}`. Bounded: at most MAX_PEERS_PER_PORT peers a
+port (the oldest remembered goes first: a port patched to ever new clients does not grow the
+state without end); devices are forgotten by the manager's pruning (`forget_device`).
 """
 
 from __future__ import annotations
@@ -38,8 +40,11 @@ log = logging.getLogger(__name__)
 SETTLE = 1.0        # s before a vanished connection counts as removed by the user
 SAVE_DELAY = 0.2    # s to gather several changes into one save
 GONE_MEMORY = 30.0  # s an unregistered port name is remembered as "went away"
+MAX_PEERS_PER_PORT = 32
+MAX_PORTS = 256     # short port names per device (a bridge has at most 64 + 64)
 
-Memory = dict[str, dict[str, set[str]]]
+# peers of a port: an insertion-ordered dict used as a set (oldest first)
+Memory = dict[str, dict[str, dict[str, None]]]
 
 
 @dataclass
@@ -63,11 +68,13 @@ def parse_memory(data: object) -> Memory:
         if not isinstance(device_id, str) or not isinstance(ports, dict):
             dropped += 1
             continue
-        for short, peers in ports.items():
+        for short, peers in list(ports.items())[:MAX_PORTS]:
             if not isinstance(short, str) or ":" in short or not isinstance(peers, (list, tuple)):
                 dropped += 1
                 continue
-            good = {p for p in peers if isinstance(p, str) and ":" in p}
+            good = dict.fromkeys(p for p in peers if isinstance(p, str) and ":" in p)
+            while len(good) > MAX_PEERS_PER_PORT:
+                del good[next(iter(good))]
             dropped += len(peers) - len(good)
             if good:
                 memory.setdefault(device_id, {})[short] = good
@@ -231,16 +238,26 @@ class ConnectionKeeper:
     # ----------------------------------------------------------------- bookkeeping (loop)
 
     def _remember(self, device_id: str, short: str, peer: str) -> None:
-        peers = self._memory.setdefault(device_id, {}).setdefault(short, set())
+        ports = self._memory.setdefault(device_id, {})
+        if short not in ports and len(ports) >= MAX_PORTS:
+            return
+        peers = ports.setdefault(short, {})
         if peer not in peers:
-            peers.add(peer)
+            peers[peer] = None
+            while len(peers) > MAX_PEERS_PER_PORT:
+                del peers[next(iter(peers))]      # the oldest remembered peer
             log.debug("remember %s %s <-> %s", device_id, short, peer)
+            self._schedule_save()
+
+    def forget_device(self, device_id: str) -> None:
+        """Forget everything remembered for a device (the manager pruned it)."""
+        if self._memory.pop(device_id, None) is not None:
             self._schedule_save()
 
     def _forget(self, device_id: str, short: str, peer: str) -> None:
         peers = self._memory.get(device_id, {}).get(short)
         if peers and peer in peers:
-            peers.discard(peer)
+            del peers[peer]
             log.debug("forget %s %s <-> %s (removed by the user)", device_id, short, peer)
             self._schedule_save()
 

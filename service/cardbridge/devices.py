@@ -408,6 +408,11 @@ class DeviceRegistry:
         holder.client_name = self._client_name_for(holder)
         return holder
 
+    def forget(self, device_id: str) -> None:
+        """Drop a device and its name (no longer declared; pruned after long absence)."""
+        self._devices.pop(device_id, None)
+        self._names.pop(device_id, None)
+
     def mark_absent(self, device_id: str) -> Device | None:
         dev = self._devices.get(device_id)
         if dev is not None:
@@ -423,7 +428,8 @@ class DeviceRegistry:
         dev.devpath = None
 
     def _taken(self, exclude_id: str) -> set[str]:
-        taken = {n for i, n in self._names.items() if i != exclude_id}
+        taken = set(names.RESERVED_CLIENT_NAMES)
+        taken.update(n for i, n in self._names.items() if i != exclude_id)
         taken.update(n for i, n in self.overrides.items() if i != exclude_id)
         return taken
 
@@ -443,9 +449,9 @@ class DeviceRegistry:
                 break
         if chosen is None:          # pathological: every qualified form is taken too
             n = 2
-            while f"{base} #{n}" in taken:
+            while names.with_suffix(base, f" #{n}") in taken:
                 n += 1
-            chosen = names.jack_client_name(f"{base} #{n}")
+            chosen = names.with_suffix(base, f" #{n}")
         self._names[dev.id] = chosen
         return chosen
 
@@ -455,5 +461,4 @@ class DeviceRegistry:
         qualifiers = [dev.port_label, dev.serial, dev.path, dev.id]
         for qualifier in qualifiers:
             if qualifier:
-                suffix = f" ({qualifier})"
-                yield names.jack_client_name(base[:names.JACK_CLIENT_NAME_MAX - len(suffix)] + suffix)
+                yield names.with_suffix(base, f" ({qualifier})")

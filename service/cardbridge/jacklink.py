@@ -27,9 +27,11 @@ from typing import Callable
 
 import jack
 
+from . import names
+
 log = logging.getLogger(__name__)
 
-LINK_CLIENT_NAME = "cardbridge"
+LINK_CLIENT_NAME = names.SERVICE_CLIENT_NAME
 BACKOFF_FIRST = 0.25
 BACKOFF_MAX = 2.0
 CLOSE_TIMEOUT = 3.0

@@ -12,7 +12,10 @@ Runs in the main asyncio process. Two sources, used together:
   knocks with back-off (0.25 s -> 2 s), quietly. Buffer-size and rate changes and the server
   leaving come from its callbacks, handed to the loop.
 
-`on_change(JackState)` is called in the loop whenever running, rate or buffer size change.
+`on_change(JackState)` is called in the loop whenever running, rate, buffer size or the ALSA
+devices the server itself runs on change. Those devices come from jackdbus's driver parameters
+and from the aliases JACK's ALSA driver gives its `system:` ports (`alsa_pcm:hw:USB:out1`), so
+a plain jackd is recognised too.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from .dbuslib import BusType, Message, MessageBus, MessageFlag, MessageType
@@ -40,6 +43,30 @@ class JackState:
     running: bool
     sample_rate: int = 0
     buffer_size: int = 0
+    alsa_devices: frozenset = frozenset()     # ALSA device names the server runs on
+
+
+def alsa_device_of_alias(alias: str) -> str | None:
+    """`alsa_pcm:hw:USB:out1` (JACK's ALSA driver) -> "hw:USB"; None for other aliases."""
+    head, _, rest = alias.partition(":")
+    if head != "alsa_pcm" or not rest:
+        return None
+    device, _, port = rest.rpartition(":")
+    return device if device and port.startswith(("out", "in")) else None
+
+
+def _system_port_devices(client) -> frozenset:
+    """The ALSA devices named by the aliases of JACK's `system:` ports (the link's thread)."""
+    found = set()
+    try:
+        for port in client.get_ports("^system:"):
+            for alias in port.aliases:
+                device = alsa_device_of_alias(alias)
+                if device:
+                    found.add(device)
+    except Exception as exc:            # noqa: BLE001 - the server may be leaving
+        log.debug("cannot read the system ports' aliases: %s", exc)
+    return frozenset(found)
 
 
 JACK_DOWN = JackState(False, 0, 0)
@@ -71,6 +98,7 @@ class JackWatch:
         self._jackdbus_owner: str | None = None   # unique bus name of jackdbus, when present
         self._jackdbus_ours = False                # jackdbus runs (or would run) our server
         self._jackdbus_started = False
+        self._jackdbus_devices: frozenset = frozenset()
         self._dbus_tasks: set[asyncio.Task] = set()
 
     # ----------------------------------------------------------------- lifecycle
@@ -108,7 +136,14 @@ class JackWatch:
         rate, size = client.samplerate, client.blocksize
         log.info("JACK server %r is running (%d Hz, %d frames)",
                  resolve_server_name(self.server_name), rate, size)
-        self._set_state(JackState(True, rate, size))
+        self._set_state(JackState(True, rate, size, self._jackdbus_devices))
+        self._spawn(self._read_port_devices(client))
+
+    async def _read_port_devices(self, client) -> None:
+        devices = await self.link.in_thread(_system_port_devices, client)
+        if self.link.client is client and self.state.running:
+            self._set_state(replace(self.state,
+                                    alsa_devices=self.state.alsa_devices | devices))
 
     def link_lost(self) -> None:
         if not self._jackdbus_claims_running():
@@ -117,7 +152,7 @@ class JackWatch:
     def link_param(self, key: str, value: int) -> None:
         rate = value if key == "sample_rate" else self.state.sample_rate
         size = value if key == "buffer_size" else self.state.buffer_size
-        self._set_state(JackState(True, rate, size))
+        self._set_state(replace(self.state, running=True, sample_rate=rate, buffer_size=size))
 
     # ----------------------------------------------------------------- state
 
@@ -250,15 +285,34 @@ class JackWatch:
         if not self._jackdbus_ours:
             return
         self._jackdbus_started = True
+        self._jackdbus_devices = await self._read_jackdbus_devices()
+        if self.state.running:
+            self._set_state(replace(self.state, alsa_devices=self.state.alsa_devices
+                                    | self._jackdbus_devices))
         if not self.link.up:
             rate = await self._call(JACKDBUS_NAME, JACKDBUS_PATH, JACKDBUS_CONTROL, "GetSampleRate")
             size = await self._call(JACKDBUS_NAME, JACKDBUS_PATH, JACKDBUS_CONTROL, "GetBufferSize")
             if rate and size and not self.link.up and self._jackdbus_started:
-                self._set_state(JackState(True, int(rate[0]), int(size[0])))
+                self._set_state(JackState(True, int(rate[0]), int(size[0]),
+                                          self._jackdbus_devices))
         self.link.poke()  # open the client now, no back-off wait
+
+    async def _read_jackdbus_devices(self) -> frozenset:
+        """The ALSA devices of jackdbus's driver, when that driver is alsa."""
+        async def value(*path):
+            reply = await self._call(JACKDBUS_NAME, JACKDBUS_PATH, JACKDBUS_CONFIGURE,
+                                     "GetParameterValue", "as", [list(path)])
+            found = getattr(reply[2], "value", reply[2]) if reply and len(reply) == 3 else None
+            return found if isinstance(found, str) else ""
+
+        if await value("engine", "driver") != "alsa":
+            return frozenset()
+        found = {await value("driver", key) for key in ("device", "capture", "playback")}
+        return frozenset(d for d in found if d and d != "none")
 
     def _jackdbus_server_stopped(self) -> None:
         self._jackdbus_started = False
+        self._jackdbus_devices = frozenset()
         if self._jackdbus_ours:
             # The client's shutdown callback normally comes first; this covers the case where
             # it never opened.

@@ -20,8 +20,12 @@ ERROR_PREFIX = "org.cardbridge.CardBridge1.Error"
 
 QUALITIES = ("best", "medium", "fastest", "linear")
 
-# JACK limits client names to jack_client_name_size() - 1 bytes (64 - 1 in jack2).
+# JACK limits client names to jack_client_name_size() - 1 bytes (64 - 1 in jack2): bytes of
+# UTF-8, not characters (40 CJK characters are 120 bytes).
 JACK_CLIENT_NAME_MAX = 63
+# The service's own JACK client (jacklink) and JACK's own ports: never a bridge's name.
+SERVICE_CLIENT_NAME = "cardbridge"
+RESERVED_CLIENT_NAMES = frozenset({SERVICE_CLIENT_NAME, "system"})
 
 _PATH_SAFE = re.compile(r"[A-Za-z0-9]")
 
@@ -41,20 +45,6 @@ def object_slug(device_id: str) -> str:
     return "".join(out)
 
 
-def slug_to_device_id(slug: str) -> str:
-    """Inverse of object_slug()."""
-    raw = bytearray()
-    i = 0
-    while i < len(slug):
-        if slug[i] == "_" and i + 3 <= len(slug):
-            raw.append(int(slug[i + 1:i + 3], 16))
-            i += 3
-        else:
-            raw.extend(slug[i].encode())
-            i += 1
-    return raw.decode("utf-8", errors="replace")
-
-
 def bridge_path(device_id: str) -> str:
     return f"{BRIDGE_PATH_PREFIX}/{object_slug(device_id)}"
 
@@ -62,7 +52,20 @@ def bridge_path(device_id: str) -> str:
 _JACK_UNSAFE = re.compile(r"[^\w .()+\-]")
 
 
+def utf8_prefix(text: str, max_bytes: int) -> str:
+    """The longest prefix of `text` whose UTF-8 encoding fits `max_bytes` (whole characters)."""
+    return text.encode("utf-8")[:max(0, max_bytes)].decode("utf-8", errors="ignore")
+
+
 def jack_client_name(name: str) -> str:
-    """Make a string safe as a JACK client name: printable, no ':', bounded length."""
+    """Make a string safe as a JACK client name: printable, no ':', at most
+    JACK_CLIENT_NAME_MAX bytes of UTF-8. (Whether it is free is the caller's question:
+    RESERVED_CLIENT_NAMES and the other bridges' names.)"""
     cleaned = _JACK_UNSAFE.sub("_", name.strip()) or "card"
-    return cleaned[:JACK_CLIENT_NAME_MAX]
+    return utf8_prefix(cleaned, JACK_CLIENT_NAME_MAX).rstrip() or "card"
+
+
+def with_suffix(base: str, suffix: str) -> str:
+    """`base` + `suffix` as a JACK client name, `base` cut so that the suffix always fits."""
+    room = JACK_CLIENT_NAME_MAX - len(suffix.encode("utf-8"))
+    return jack_client_name(utf8_prefix(base, room).rstrip() + suffix)

@@ -27,8 +27,8 @@ import inspect
 import logging
 from typing import Awaitable, Callable, Optional, Union
 
-from .dbuslib import (Message, MessageType, NameFlag, PropertyAccess, RequestNameReply,
-                      ServiceInterface, dbus_property, method)
+from .dbuslib import (Message, MessageBus, MessageFlag, MessageType, NameFlag, PropertyAccess,
+                      RequestNameReply, ServiceInterface, dbus_property, method)
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,14 @@ PATH_PREFIX = "/org/freedesktop/ReserveDevice1/"
 INTERFACE = "org.freedesktop.ReserveDevice1"
 INT32_MAX = 2**31 - 1
 INT32_MIN = -2**31
-# PulseAudio asks with 0 and WirePlumber with less, so they hand cards to us; jackdbus holds its
-# own card with INT32_MAX and never gives it up.
-DEFAULT_PRIORITY = 10
+# Who holds cards with which priority: PulseAudio 0, WirePlumber -20 (it keeps every card it
+# found reserved all the time), jackdbus INT32_MAX (it never gives its card up). An owner hands
+# a card over only to a strictly higher priority.
+TAKE_PRIORITY = 10         # above the desktops: they hand the card over
+ASK_PRIORITY = -30         # below them: only cards nobody holds
+DEFAULT_PRIORITY = TAKE_PRIORITY
 REQUEST_TIMEOUT = 5.0
+DBUS = ("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus")
 
 ReleaseDecision = Callable[[int], Union[bool, Awaitable[bool]]]
 
@@ -213,3 +217,76 @@ class DeviceReservation:
             except Exception:           # noqa: BLE001
                 pass
             self._handler_installed = False
+
+
+# -- looking at reservations without holding them ----------------------------------------------
+
+def card_of_service_name(name: str) -> int | None:
+    """`org.freedesktop.ReserveDevice1.Audio3` -> 3; None for anything else."""
+    tail = name[len(SERVICE_PREFIX):] if name.startswith(SERVICE_PREFIX) else ""
+    return int(tail[5:]) if tail.startswith("Audio") and tail[5:].isdigit() else None
+
+
+async def _call(bus, destination: str, path: str, interface: str, member: str,
+                signature: str = "", body: list | None = None):
+    """A call that never starts a service; its reply body, or None on any error."""
+    msg = Message(destination=destination, path=path, interface=interface, member=member,
+                  signature=signature, body=body or [], flags=MessageFlag.NO_AUTOSTART)
+    try:
+        reply = await asyncio.wait_for(bus.call(msg), REQUEST_TIMEOUT)
+    except Exception:                   # noqa: BLE001 - timeout, bus gone: "unknown"
+        return None
+    if reply is None or reply.message_type != MessageType.METHOD_RETURN:
+        return None
+    return reply.body
+
+
+async def owner_of(bus, card_index: int) -> tuple[str, str] | None:
+    """(unique bus name, application name) of whoever holds card `card_index`'s reservation, or
+    None when nobody does (or there is no bus)."""
+    if bus is None:
+        return None
+    name = f"{SERVICE_PREFIX}Audio{int(card_index)}"
+    owner = await _call(bus, *DBUS, "GetNameOwner", "s", [name])
+    if not owner:
+        return None
+    if owner[0] == getattr(bus, "unique_name", None):
+        return owner[0], "cardbridge"              # ourselves (another bridge of this service)
+    app = await _call(bus, owner[0], f"{PATH_PREFIX}Audio{int(card_index)}",
+                      "org.freedesktop.DBus.Properties", "Get", "ss",
+                      [INTERFACE, "ApplicationName"])
+    value = getattr(app[0], "value", "") if app else ""
+    return owner[0], value if isinstance(value, str) and value else owner[0]
+
+
+def is_jack(application_name: str) -> bool:
+    """jackdbus reserves its card as "Jack audio server"."""
+    return application_name.lower().startswith("jack")
+
+
+async def watch_owners(bus, on_change: Callable[[int, str], None]) -> None:
+    """Call `on_change(card_index, new_owner)` (new_owner "" when freed) whenever a card's
+    reservation changes hands on `bus`."""
+    def handler(msg):
+        if (msg.message_type == MessageType.SIGNAL and msg.member == "NameOwnerChanged"
+                and msg.interface == DBUS[2] and len(msg.body) == 3):
+            card = card_of_service_name(msg.body[0])
+            if card is not None:
+                on_change(card, msg.body[2])
+        return None
+
+    bus.add_message_handler(handler)
+    await _call(bus, *DBUS, "AddMatch", "s",
+                [f"type='signal',sender='{DBUS[0]}',interface='{DBUS[2]}',"
+                 f"member='NameOwnerChanged',arg0namespace='{INTERFACE}'"])
+
+
+async def connect(address: str):
+    """A connection to the bus at `address` for reservations (a system instance asks the
+    session's); None when it cannot be reached."""
+    try:
+        return await asyncio.wait_for(MessageBus(bus_address=address).connect(), REQUEST_TIMEOUT)
+    except Exception as exc:            # noqa: BLE001
+        log.warning("cannot reach the session bus for device reservations (%s); cards are "
+                    "bridged without asking PulseAudio/PipeWire", exc)
+        return None

@@ -1,7 +1,9 @@
 """The service's state file: what is attached and persisted, remembered names and connections.
 
 Main asyncio process. Written atomically (temporary file, fsync, rename, fsync of the directory);
-a corrupt or unreadable file is moved aside, reported once, and never overwritten with nothing.
+a corrupt or unreadable file is moved aside (`state.json.corrupt-<time>`), reported once, and
+never overwritten with nothing: when it cannot even be moved aside, the service runs without
+saving (`read_only`) rather than destroy it.
 `request_save()` takes a copy of the state on the event loop and writes it in a worker thread
 (the fsyncs may take long on a busy disk); saves asked for while one is being written are
 coalesced into one, the newest. `flush()` waits for the last; `save()` writes at once.
@@ -19,7 +21,10 @@ from pathlib import Path
 
 log = logging.getLogger("cardbridge.store")
 
-SECTIONS = ("bridges", "connections", "auto_attach", "names")
+# bridges: the explicit attachments (device id -> options); connections: connections.py's memory;
+# auto_attach: enable/disable/detach choices; names: client names given; seen: when each device
+# was last present (unix time; what pruning goes by); jack_cards: cards seen as JACK's own
+SECTIONS = ("bridges", "connections", "auto_attach", "names", "seen", "jack_cards")
 
 
 def default_state_dir(system: bool) -> Path:
@@ -37,36 +42,41 @@ class StateStore:
         self.path = self.dir / "state.json"
         self.data: dict = {name: {} for name in SECTIONS}
         self.problem: str | None = None
+        self.read_only = False                    # the old file could not be kept aside
         self._pending: str | None = None          # the newest text not yet being written
         self._writer: asyncio.Task | None = None
 
     def load(self) -> dict:
         try:
-            raw = self.path.read_text(encoding="utf-8")
+            raw = self.path.read_bytes()
         except FileNotFoundError:
             return self.data
         except OSError as exc:
-            self.problem = f"cannot read {self.path}: {exc.strerror}"
-            log.error("%s; starting with an empty state", self.problem)
-            return self.data
+            return self._set_aside(f"cannot be read ({exc.strerror})")
         try:
-            data = json.loads(raw)
+            data = json.loads(raw.decode("utf-8"))
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
             for name in SECTIONS:
                 if not isinstance(data.get(name, {}), dict):
                     raise ValueError(f"section '{name}' is not an object")
-        except ValueError as exc:
-            aside = self.path.with_name(f"state.json.corrupt-{int(time.time())}")
-            try:
-                os.replace(self.path, aside)
-            except OSError:
-                aside = self.path
-            self.problem = f"{self.path} is corrupt ({exc}); kept as {aside.name}"
-            log.error("%s; starting with an empty state", self.problem)
-            return self.data
+        except ValueError as exc:          # also UnicodeDecodeError
+            return self._set_aside(f"is corrupt ({' '.join(str(exc).split())[:200]})")
         for name in SECTIONS:
             self.data[name] = dict(data.get(name, {}))
+        return self.data
+
+    def _set_aside(self, what: str) -> dict:
+        """Keep a state file we cannot use; start empty. If it cannot be moved, never save."""
+        aside = self.path.with_name(f"state.json.corrupt-{int(time.time())}")
+        try:
+            os.replace(self.path, aside)
+            self.problem = f"{self.path} {what}; kept as {aside.name}"
+        except OSError as exc:
+            self.read_only = True
+            self.problem = (f"{self.path} {what} and cannot be kept aside ({exc.strerror}); "
+                            "nothing will be saved until it is repaired or removed")
+        log.error("%s; starting with an empty state", self.problem)
         return self.data
 
     def _text(self) -> str:
@@ -74,10 +84,13 @@ class StateStore:
 
     def save(self) -> None:
         """Write the state now (blocking; raises OSError)."""
-        self._write(self._text())
+        if not self.read_only:
+            self._write(self._text())
 
     def request_save(self) -> None:
         """Save soon, off the event loop (loop thread only); errors are logged."""
+        if self.read_only:
+            return
         self._pending = self._text()
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write_pending(),

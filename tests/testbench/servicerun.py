@@ -61,6 +61,9 @@ def daemon(work: Path, env: dict, jack_server: str, *extra: str, popen=subproces
     (faulthandler). `started`, a list, receives the daemon's Popen (for its PID)."""
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.toml").write_text(config)
+    if not env.get("CARDBRIDGE_LOCK_DIR"):      # never the machine's /run/lock (cardlock.py)
+        (work / "locks").mkdir(exist_ok=True)
+        env = dict(env, CARDBRIDGE_LOCK_DIR=str(work / "locks"))
     with open(work / "daemon.log", "w") as log:
         proc = popen([sys.executable, "-m", "cardbridge.daemon", f"--{bus}", "--config",
                       str(work / "config.toml"), "--state-dir", str(work / "state"),

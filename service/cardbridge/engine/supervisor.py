@@ -4,7 +4,8 @@ Runs in the main (asyncio) process. Commands go to the worker's stdin and events
 stdout, both as engine/protocol.py says; statistics come from the shared slot (engine/stats.py),
 read 4 times a second. The bridge's state is the worker's: the last state event it sent (the
 worker's control thread is its only writer). This module only adds what a worker cannot say
-itself: that it has exited and is being started again, or that it kept exiting and was given up.
+itself: that it has exited and is being started again, or that it kept exiting and was given up;
+and, while the main process holds the bridge (`hold`: no worker at all), why it is held.
 Changes reach `on_change` (≤ 5 Hz for numbers, at once for the state).
 """
 
@@ -68,6 +69,7 @@ class Bridge:
         self._ports: list[str] = []
         self._last: dict = {}
         self._state = StateEvent(bridgestats.STARTING, "starting the worker")
+        self.held = False
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -75,15 +77,33 @@ class Bridge:
             if self.proc is not None:
                 return
             self._stopping = False
+            self.held = False
             self._exits_in_a_row = 0
-            if self._slot is None:
-                fd, path = tempfile.mkstemp(prefix="cardbridge-stats-", dir=_shm_dir())
-                os.close(fd)
-                self._slot = StatsSlot(path, create=True)
+            self._open_slot()
             await self._spawn()
-            if self._poller is None:
-                self._poller = asyncio.create_task(self._poll_stats(),
-                                                   name=f"stats-{self.spec.client_name}")
+
+    async def hold(self, state: str, reason: str) -> None:
+        """Keep the bridge from running, for a reason only the main process knows (the card is
+        JACK's, another instance bridges it, its reservation was refused, it is absent): its
+        worker, if any, is stopped, and `state` with `reason` is the bridge's state until
+        start(). With no worker there is no other writer of the state."""
+        async with self._lifecycle:
+            self._stopping = True
+            self.held = True
+            proc, self.proc = self.proc, None
+            await self._end(proc)
+            self._open_slot()
+            self._set_state(StateEvent(state, reason))
+
+    def _open_slot(self) -> None:
+        """The statistics slot and its reader, made once (the lifecycle lock is held)."""
+        if self._slot is None:
+            fd, path = tempfile.mkstemp(prefix="cardbridge-stats-", dir=_shm_dir())
+            os.close(fd)
+            self._slot = StatsSlot(path, create=True)
+        if self._poller is None:
+            self._poller = asyncio.create_task(self._poll_stats(),
+                                               name=f"stats-{self.spec.client_name}")
 
     async def _spawn(self) -> None:
         """Start a worker (the lifecycle lock is held) and a task that watches it."""
@@ -137,6 +157,7 @@ class Bridge:
     async def stop(self) -> None:
         async with self._lifecycle:
             self._stopping = True
+            self.held = False
             proc, self.proc = self.proc, None
             await self._end(proc)
             if self._poller is not None:

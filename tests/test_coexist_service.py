@@ -1,0 +1,298 @@
+"""Living beside the rest of the system, end to end: the real daemon in a network namespace with
+USB cards announced by real libudev events (virtual cards behind ALSA's `hw` names), a real JACK
+server, private buses, other owners of ReserveDevice1 reservations, a second daemon.
+
+Runs in the pytest process; daemons, workers, jackd, dbus-daemons and the reservation holders
+are real processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from cardbridge import names
+from cardbridge.devices import device_from_udev
+from testbench.udevinject import CARDS, CardModel
+from testbench.vcard import VirtualCard, create_card, hw_override_config
+
+from service_helpers import (BIFACE, BUS, MGR, MIFACE, daemon, get_prop as prop,
+                             service_workers, wait_for)
+
+CARD = 3
+SCARLETT = CARDS["scarlett-2i2"]
+SCARLETT_ID = device_from_udev(SCARLETT.card_properties("change", CARD, True)).id
+SCARLETT_PATH = names.bridge_path(SCARLETT_ID)
+
+
+def busctl(address: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run(["busctl", f"--address={address}", *args], capture_output=True,
+                         text=True, timeout=30)
+    if check:
+        assert out.returncode == 0, out.stderr
+    return out
+
+
+def call(address: str, member: str, *args: str, check: bool = True):
+    return busctl(address, "call", BUS, MGR, MIFACE, member, *args, check=check)
+
+
+def devices(address: str) -> dict:
+    out = busctl(address, "--json=short", "call", BUS, MGR, MIFACE, "ListDevices")
+    return {d["id"]["data"]: {k: v["data"] for k, v in d.items()}
+            for d in json.loads(out.stdout)["data"][0]}
+
+
+def state(address: str, path: str = SCARLETT_PATH) -> tuple:
+    return prop(address, path, "State"), prop(address, path, "StateReason")
+
+
+@pytest.fixture
+def card(tmp_path):
+    clock = create_card(VirtualCard(f"card{CARD}", shm=str(tmp_path / f"card{CARD}.vcard"),
+                                    ppm=50.0))
+    yield clock
+    clock.close()
+
+
+@pytest.fixture
+def env(session_bus, tmp_path):
+    return session_bus.env(ALSA_CONFIG_PATH=hw_override_config(tmp_path), HOME=str(tmp_path))
+
+
+def test_detach_lasts_until_attach_or_enable(netns, jack_server, tmp_path, card, env):
+    with daemon(tmp_path, env, jack_server.name, popen=netns.popen,
+                config='auto_attach = "usb"\n') as address:
+        netns.injector.plug(SCARLETT, CARD)
+        wait_for(lambda: prop(address, SCARLETT_PATH, "State") == "running", 60, "auto-attach")
+        call(address, "Detach", "s", SCARLETT_ID)
+        assert devices(address)[SCARLETT_ID]["auto_attach"] is False
+        card.unplug()
+        netns.injector.unplug(SCARLETT, CARD)
+        card.replug()
+        netns.injector.plug(SCARLETT, CARD)
+        time.sleep(1.5)
+        assert prop(address, SCARLETT_PATH, "State") is None, "a detached card came back"
+        assert not service_workers(address)
+        # the README's quick start: attach with a name (and the card is the user's from now)
+        call(address, "Attach", "sa{sv}", SCARLETT_ID, "1", "name", "s", "Scarlett")
+        wait_for(lambda: prop(address, SCARLETT_PATH, "State") == "running", 60, "attach")
+        assert prop(address, SCARLETT_PATH, "ClientName") == "Scarlett"
+        call(address, "Detach", "s", "Scarlett")
+        call(address, "SetAutoAttach", "sb", SCARLETT_ID, "true")
+        wait_for(lambda: prop(address, SCARLETT_PATH, "State") == "running", 60, "enable")
+        call(address, "Detach", "s", SCARLETT_ID)
+        call(address, "Attach", "sa{sv}", SCARLETT_ID, "0")         # remembered from now on
+    card.unplug()
+    with daemon(tmp_path, env, jack_server.name, popen=netns.popen,
+                config='auto_attach = "usb"\n') as address:
+        # remembered, not plugged in: shown, and it can be detached
+        wait_for(lambda: state(address)[1] == "the card is not plugged in", 20, "remembered")
+        call(address, "Detach", "s", SCARLETT_ID)
+    state_file = json.loads((tmp_path / "state" / "state.json").read_text())
+    assert state_file["auto_attach"][SCARLETT_ID] is False and state_file["bridges"] == {}
+
+
+def test_an_auto_attached_bridge_is_taken_over_by_attach(netns, jack_server, tmp_path, card, env):
+    with daemon(tmp_path, env, jack_server.name, popen=netns.popen,
+                config='auto_attach = "usb"\n') as address:
+        netns.injector.plug(SCARLETT, CARD)
+        wait_for(lambda: prop(address, SCARLETT_PATH, "State") == "running", 60, "auto-attach")
+        out = call(address, "Attach", "sa{sv}", SCARLETT_ID, "1", "name", "s", "Scarlett")
+        assert SCARLETT_PATH in out.stdout
+        wait_for(lambda: prop(address, SCARLETT_PATH, "ClientName") == "Scarlett", 20, "rename")
+        wait_for(lambda: prop(address, SCARLETT_PATH, "State") == "running", 60, "running again")
+        out = call(address, "Attach", "sa{sv}", SCARLETT_ID, "0", check=False)
+        assert "already attached" in out.stderr
+        assert len(service_workers(address)) == 1
+
+
+def test_a_remembered_bridge_whose_card_is_absent_is_shown_and_can_be_detached(
+        netns, jack_server, tmp_path, env):
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "state.json").write_text(json.dumps(
+        {"version": 1, "bridges": {SCARLETT_ID: {"name": "Scarlett"}}}))
+    with daemon(tmp_path, env, jack_server.name, popen=netns.popen,
+                config='auto_attach = "usb"\n') as address:
+        wait_for(lambda: state(address) == ("waiting-for-device", "the card is not plugged in"),
+                 20, "the remembered bridge")
+        assert prop(address, SCARLETT_PATH, "ClientName") == "Scarlett"
+        assert devices(address)[SCARLETT_ID]["present"] is False
+        assert not service_workers(address), "no worker for a card that is not there"
+        call(address, "Detach", "s", SCARLETT_PATH)
+        assert prop(address, SCARLETT_PATH, "State") is None
+    assert json.loads((tmp_path / "state" / "state.json").read_text())["bridges"] == {}
+
+
+def test_add_remove_add_in_one_udev_batch_makes_one_bridge(netns, jack_server, tmp_path, card,
+                                                           env):
+    with daemon(tmp_path, env, jack_server.name, popen=netns.popen,
+                config='auto_attach = "usb"\n') as address:
+        netns.injector.plug(SCARLETT, CARD)
+        netns.injector.unplug(SCARLETT, CARD)
+        netns.injector.plug(SCARLETT, CARD)
+        wait_for(lambda: prop(address, SCARLETT_PATH, "State") == "running", 60, "the bridge")
+        time.sleep(1.0)
+        assert len(service_workers(address)) == 1, service_workers(address)
+        managed = busctl(address, "--json=short", "call", BUS, MGR,
+                         "org.freedesktop.DBus.ObjectManager", "GetManagedObjects").stdout
+        assert json.loads(managed)["data"][0].keys() == {SCARLETT_PATH}
+        clients = subprocess.run(["jack_lsp", "-s", jack_server.name], capture_output=True,
+                                 text=True).stdout
+        assert sorted({p.split(":")[0] for p in clients.splitlines() if ":" in p}
+                      - {"system"}) == ["Scarlett 2i2 USB"]
+
+
+# A stand-in for another owner of ReserveDevice1 (jackdbus, PulseAudio), speaking the real
+# protocol on the real bus: holds Audio<N> with an application name and priority until stdin
+# closes.
+HOLDER = textwrap.dedent("""
+    import asyncio, sys
+    from cardbridge.dbuslib import MessageBus
+    from cardbridge.reserve import DeviceReservation
+
+    async def main(address, card, priority, app):
+        bus = await MessageBus(bus_address=address).connect()
+        res = DeviceReservation(bus, card, app, priority=priority,
+                                on_release_requested=lambda p: True)
+        print("acquired" if await res.acquire() else "refused", flush=True)
+        done = asyncio.Event()
+        asyncio.get_running_loop().add_reader(sys.stdin.fileno(), done.set)
+        await done.wait()
+        await res.release()
+        bus.disconnect()
+
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]))
+""")
+
+
+class Holder:
+    def __init__(self, address: str, card: int, priority: int, app: str):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, address, str(card), str(priority), app],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+        assert self.proc.stdout.readline().strip() == "acquired"
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(10)
+
+
+def test_jacks_own_card_is_never_auto_attached_and_shown_in_use_by_jack(
+        netns, session_bus, jack_server, tmp_path, card, env):
+    jackd = Holder(session_bus.address, CARD, 2**31 - 1, "Jack audio server")
+    try:
+        with daemon(tmp_path, env, jack_server.name, popen=netns.popen,
+                    config='auto_attach = "usb"\n') as address:
+            netns.injector.plug(SCARLETT, CARD)
+            wait_for(lambda: SCARLETT_ID in devices(address), 20, "the card")
+            time.sleep(1.5)
+            assert prop(address, SCARLETT_PATH, "State") is None, "JACK's card auto-attached"
+            assert devices(address)[SCARLETT_ID]["auto_attach"] is False
+            call(address, "Attach", "sa{sv}", SCARLETT_ID, "0")
+            wait_for(lambda: state(address)[0] == "waiting-for-device", 20, "held")
+            assert "in use by JACK" in prop(address, SCARLETT_PATH, "StateReason")
+            restarts = prop(address, SCARLETT_PATH, "Restarts")
+            time.sleep(3.0)                  # never retried in a loop: no worker at all
+            assert not service_workers(address)
+            assert prop(address, SCARLETT_PATH, "Restarts") == restarts
+            jackd.close()                    # JACK lets the card go: looked at again
+            wait_for(lambda: prop(address, SCARLETT_PATH, "State") == "running", 60, "running")
+    finally:
+        jackd.close()
+
+
+def test_a_refused_reservation_is_honoured_and_attach_asks_harder(
+        netns, session_bus, jack_server, tmp_path, card, env):
+    desktop = Holder(session_bus.address, CARD, 0, "PulseAudio Sound Server")
+    try:
+        with daemon(tmp_path, env, jack_server.name, popen=netns.popen,
+                    config='auto_attach = "usb"\n') as address:
+            netns.injector.plug(SCARLETT, CARD)
+            wait_for(lambda: state(address)[0] == "waiting-for-device", 20, "held")
+            assert "in use by PulseAudio Sound Server" in prop(address, SCARLETT_PATH,
+                                                               "StateReason")
+            assert not service_workers(address)
+            # told: an explicit attach asks with a priority the desktop gives the card up to
+            call(address, "Attach", "sa{sv}", SCARLETT_ID, "0")
+            wait_for(lambda: prop(address, SCARLETT_PATH, "State") == "running", 60, "taken")
+            owner = busctl(address, "--json=short", "get-property",
+                           f"org.freedesktop.ReserveDevice1.Audio{CARD}",
+                           f"/org/freedesktop/ReserveDevice1/Audio{CARD}",
+                           "org.freedesktop.ReserveDevice1", "ApplicationName")
+            assert json.loads(owner.stdout)["data"] == "cardbridge"
+            call(address, "Detach", "s", SCARLETT_ID)
+            wait_for(lambda: busctl(address, "status",
+                                    f"org.freedesktop.ReserveDevice1.Audio{CARD}",
+                                    check=False).returncode != 0, 10, "handed back")
+    finally:
+        desktop.close()
+
+
+def test_one_card_one_bridge_across_two_instances(netns, make_bus, jack_server, tmp_path, card):
+    """Two session instances (two users' sessions) with one lock directory: the first bridges
+    the card, the second leaves it and says why, and takes over when the first lets go."""
+    alsa = hw_override_config(tmp_path)
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    buses = [make_bus("session"), make_bus("session")]
+    envs = [b.env(ALSA_CONFIG_PATH=alsa, HOME=str(tmp_path / f"home{i}"),
+                  CARDBRIDGE_LOCK_DIR=str(locks)) for i, b in enumerate(buses)]
+    with daemon(tmp_path / "one", envs[0], jack_server.name, popen=netns.popen,
+                config='auto_attach = "usb"\n') as first:
+        netns.injector.plug(SCARLETT, CARD)
+        wait_for(lambda: prop(first, SCARLETT_PATH, "State") == "running", 60, "first")
+        with daemon(tmp_path / "two", envs[1], jack_server.name, popen=netns.popen,
+                    config='auto_attach = "usb"\n') as second:
+            netns.injector.plug(SCARLETT, CARD)     # the second learns of the card
+            wait_for(lambda: state(second) == ("waiting-for-device",
+                                               "bridged by another cardbridge instance"),
+                     20, "the second to leave it")
+            assert not service_workers(second)
+            assert prop(first, SCARLETT_PATH, "State") == "running"
+            call(first, "Detach", "s", SCARLETT_ID)
+            wait_for(lambda: prop(second, SCARLETT_PATH, "State") == "running", 60, "take over")
+
+
+def fresh_serial(i: int) -> CardModel:
+    """The Scarlett as a device that re-enumerates with a new serial number every time."""
+    props = dict(SCARLETT.properties)
+    props["ID_SERIAL_SHORT"] = f"RE{i:04d}"
+    props["ID_SERIAL"] = f"Focusrite_Scarlett_2i2_USB_RE{i:04d}"
+    return CardModel(f"flaky-{i}", SCARLETT.parent, props, SCARLETT.alsa_id)
+
+
+def test_a_device_with_fresh_serials_does_not_grow_state_workers_or_clients(
+        netns, jack_server, tmp_path, card, env):
+    from cardbridge.manager import MAX_REMEMBERED_DEVICES, MAX_WAITING_BRIDGES
+    with daemon(tmp_path, env, jack_server.name, popen=netns.popen,
+                config='auto_attach = "usb"\n') as address:
+        for i in range(MAX_WAITING_BRIDGES + 4):
+            path = names.bridge_path(device_from_udev(
+                fresh_serial(i).card_properties("change", CARD, True)).id)
+            netns.injector.plug(fresh_serial(i), CARD)
+            wait_for(lambda: prop(address, path, "State") is not None, 20, f"bridge {i}")
+            netns.injector.unplug(fresh_serial(i), CARD)
+        time.sleep(3.0)
+        managed = busctl(address, "--json=short", "call", BUS, MGR,
+                         "org.freedesktop.DBus.ObjectManager", "GetManagedObjects").stdout
+        assert len(json.loads(managed)["data"][0]) == MAX_WAITING_BRIDGES
+        assert len(service_workers(address)) <= MAX_WAITING_BRIDGES
+    with daemon(tmp_path, env, jack_server.name, popen=netns.popen,
+                config='auto_attach = "none"\n') as address:
+        for i in range(100, 100 + MAX_REMEMBERED_DEVICES + 10):
+            netns.injector.plug(fresh_serial(i), CARD)
+        wait_for(lambda: f"usb-Focusrite_Scarlett_2i2_USB_RE{99 + MAX_REMEMBERED_DEVICES + 10:04d}-00"
+                 in devices(address), 30, "the last device")
+        assert len(devices(address)) <= MAX_REMEMBERED_DEVICES + 1
+    saved = json.loads((tmp_path / "state" / "state.json").read_text())
+    for section in ("names", "seen"):
+        assert len(saved[section]) <= MAX_REMEMBERED_DEVICES + 1, section
