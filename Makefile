@@ -22,7 +22,7 @@ BENCH_TOOLS := $(BUILD)/bench/cbmeter $(BUILD)/bench/cbtap
 
 APT_PACKAGES := gcc make pkg-config python3-venv \
 	jackd2 libjack-jackd2-dev libasound2-dev libasound2-plugins alsa-utils \
-	dbus-daemon dbus-bin systemd zita-ajbridge qjackctl \
+	dbus-daemon dbus-bin systemd zita-ajbridge qjackctl pulseaudio \
 	tmux iproute2 util-linux procps
 
 .PHONY: setup apt venv vcard bench-tools test demo bench bench-scale man completions install-docs clean

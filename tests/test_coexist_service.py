@@ -26,6 +26,7 @@ from service_helpers import (BIFACE, BUS, MGR, MIFACE, daemon, get_prop as prop,
                              service_workers, wait_for)
 
 CARD = 3
+REPO_DBUS = __import__("pathlib").Path(__file__).resolve().parent.parent / "dbus"
 SCARLETT = CARDS["scarlett-2i2"]
 SCARLETT_ID = device_from_udev(SCARLETT.card_properties("change", CARD, True)).id
 SCARLETT_PATH = names.bridge_path(SCARLETT_ID)
@@ -296,3 +297,95 @@ def test_a_device_with_fresh_serials_does_not_grow_state_workers_or_clients(
     saved = json.loads((tmp_path / "state" / "state.json").read_text())
     for section in ("names", "seen"):
         assert len(saved[section]) <= MAX_REMEMBERED_DEVICES + 1, section
+
+
+def reservation_owner(address: str, card: int = CARD) -> str | None:
+    out = busctl(address, "--json=short", "get-property",
+                 f"org.freedesktop.ReserveDevice1.Audio{card}",
+                 f"/org/freedesktop/ReserveDevice1/Audio{card}",
+                 "org.freedesktop.ReserveDevice1", "ApplicationName", check=False)
+    return json.loads(out.stdout)["data"] if out.returncode == 0 else None
+
+
+@pytest.fixture
+def pulseaudio(session_bus, tmp_path, card, env):
+    """The real PulseAudio of Debian 12 on the private session bus, holding card 3."""
+    from testbench import pulse
+    if not pulse.available():
+        pytest.skip("pulseaudio is not installed (make setup installs it)")
+    server = pulse.PulseAudio(env, CARD, tmp_path / "pulseaudio.log").start()
+    try:
+        wait_for(lambda: server.check_alive() or reservation_owner(session_bus.address)
+                 == pulse.APPLICATION_NAME, 30, "PulseAudio to reserve the card")
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("bus", ["session", "system"])
+def test_pulseaudio_keeps_its_card_from_auto_attach_and_hands_it_over_on_attach_and_back(
+        netns, make_bus, session_bus, jack_server, tmp_path, card, env, pulseaudio, bus):
+    """Against the real PulseAudio: auto-attach (reserve = "ask") leaves the card to the desktop
+    and says so; `attach` asks with a priority PulseAudio gives in to, gets the card through
+    ReserveDevice1 and bridges it; detach hands it back and PulseAudio takes it again. A
+    system instance asks the session's reservation, on the session bus it was given."""
+    from testbench.pulse import APPLICATION_NAME
+    if bus == "system":
+        system = make_bus("system", policy_dirs=[REPO_DBUS])
+        env = system.env(env, CARDBRIDGE_SESSION_BUS_ADDRESS=session_bus.address)
+    with daemon(tmp_path, env, jack_server.name, popen=netns.popen, bus=bus,
+                config='auto_attach = "usb"\n') as address:
+        netns.injector.plug(SCARLETT, CARD)
+        wait_for(lambda: state(address)[0] == "waiting-for-device", 20, "held")
+        assert APPLICATION_NAME in prop(address, SCARLETT_PATH, "StateReason")
+        assert not service_workers(address)
+        call(address, "Attach", "sa{sv}", SCARLETT_ID, "0")
+        wait_for(lambda: prop(address, SCARLETT_PATH, "State") == "running", 60, "bridged")
+        assert reservation_owner(session_bus.address) == "cardbridge"
+        pulseaudio.check_alive()
+        call(address, "Detach", "s", SCARLETT_ID)
+        wait_for(lambda: reservation_owner(session_bus.address) == APPLICATION_NAME, 30,
+                 "PulseAudio to take its card back")
+    pulseaudio.check_alive()
+
+
+def test_a_plain_jackd_on_the_card_is_recognised_and_the_card_looked_at_again_when_it_stops(
+        netns, tmp_path, card, env, monkeypatch):
+    """A real jackd with its ALSA driver on card 3 (the virtual card behind hw:3): cardbridge
+    knows it from the aliases of JACK's system ports, never auto-attaches the card, holds an
+    attached bridge without opening the card, and bridges it once that JACK server is gone."""
+    from testbench.jackserver import JackServer
+
+    class AlsaJack(JackServer):
+        def command(self):
+            return ["jackd", "-n", self.name, "--no-realtime", "-d", "alsa", "-d", f"hw:{CARD}",
+                    "-r", "48000", "-p", "256", "-n", "2"]
+
+    monkeypatch.setenv("ALSA_CONFIG_PATH", env["ALSA_CONFIG_PATH"])
+    monkeypatch.setenv("JACK_NO_AUDIO_RESERVATION", "1")
+    jackd = AlsaJack(log_path=tmp_path / "jackd-alsa.log").start()
+    try:
+        with daemon(tmp_path, env, jackd.name, popen=netns.popen,
+                    config='auto_attach = "usb"\n') as address:
+            wait_for(lambda: prop(address, MGR, "JackRunning", MIFACE) is True, 20, "JACK")
+            netns.injector.plug(SCARLETT, CARD)
+            wait_for(lambda: SCARLETT_ID in devices(address), 20, "the card")
+            time.sleep(1.5)
+            assert prop(address, SCARLETT_PATH, "State") is None, "JACK's card auto-attached"
+            assert devices(address)[SCARLETT_ID]["auto_attach"] is False
+            call(address, "Attach", "sa{sv}", SCARLETT_ID, "0")
+            wait_for(lambda: state(address) == ("waiting-for-device", "in use by JACK (the JACK "
+                                                "server runs on this card)"), 20, "held")
+            time.sleep(2.0)
+            assert not service_workers(address), "the card JACK runs on is never opened"
+            jackd.stop()
+            wait_for(lambda: prop(address, SCARLETT_PATH, "State") == "waiting-for-jack", 30,
+                     "the bridge to be started once JACK let the card go")
+            dummy = JackServer(name=jackd.name, log_path=tmp_path / "jackd-dummy.log").start()
+            try:
+                wait_for(lambda: prop(address, SCARLETT_PATH, "State") == "running", 60,
+                         "the bridge on the dummy server")
+            finally:
+                dummy.stop()
+    finally:
+        jackd.stop()
