@@ -389,3 +389,27 @@ def test_a_plain_jackd_on_the_card_is_recognised_and_the_card_looked_at_again_wh
                 dummy.stop()
     finally:
         jackd.stop()
+
+
+def test_a_busy_card_is_held_not_retried_and_looked_at_again_on_replug(
+        netns, jack_server, tmp_path, card, env):
+    """A card some program has open (EBUSY; JACK's own card when nothing else told us): the
+    bridge is held with the reason instead of failing and retrying every few seconds, and looks
+    again when the card is plugged in again."""
+    card.set_busy(True)
+    with daemon(tmp_path, env, jack_server.name, popen=netns.popen,
+                config='auto_attach = "usb"\n') as address:
+        netns.injector.plug(SCARLETT, CARD)
+        wait_for(lambda: state(address) == ("waiting-for-device", "in use by JACK (the card is "
+                                            "busy while the JACK server runs)"), 30, "held")
+        wait_for(lambda: not service_workers(address), 10, "the worker to be stopped")
+        restarts = prop(address, SCARLETT_PATH, "Restarts")
+        time.sleep(3.0)
+        assert not service_workers(address) and prop(address, SCARLETT_PATH, "Restarts") \
+            == restarts, "a busy card is not retried in a loop"
+        card.set_busy(False)
+        card.unplug()
+        netns.injector.unplug(SCARLETT, CARD)
+        card.replug()
+        netns.injector.plug(SCARLETT, CARD)
+        wait_for(lambda: prop(address, SCARLETT_PATH, "State") == "running", 60, "running")

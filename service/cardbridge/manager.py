@@ -33,6 +33,8 @@ HOLD_ABSENT = "absent"            # the card is not plugged in: a plug
 HOLD_JACK = "jack"                # the JACK server runs on it: JACK stopping, its reservation freed
 HOLD_INSTANCE = "instance"        # another cardbridge bridges it: RECHECK_INTERVAL
 HOLD_RESERVED = "reserved"        # its reservation's owner keeps it: the reservation freed
+HOLD_BUSY = "busy"                # opening it failed with EBUSY: JACK starting or stopping, a plug
+BUSY = "resource busy"            # in a worker's reason: strerror(EBUSY) of the open
 RECHECK_INTERVAL = 2.0
 # Bounds of what is remembered (see _prune)
 MAX_WAITING_BRIDGES = 8           # auto-attached bridges kept while their card is away
@@ -684,8 +686,29 @@ class Manager:
             if up and not was and self._keeper is not None and bridge is not None:
                 self._keeper.bridge_up(device_id, bridge.spec.client_name)
             self._running_state[device_id] = up
+        reason = changed.get("state_reason")
+        if isinstance(reason, str) and BUSY in reason.lower() and device_id not in self._holds:
+            self._holds[device_id] = HOLD_BUSY
+            self._spawn(self._hold_busy(device_id))
         if self.listener is not None and device_id in self.bridges:
             self.listener.bridge_changed(device_id, changed)
+
+    async def _hold_busy(self, dev_id: str) -> None:
+        """The worker found the card open elsewhere (EBUSY): stop trying every few seconds;
+        while JACK runs it is most likely JACK's own card. Looked at again when JACK starts or
+        stops, or the card is plugged in again."""
+        async with self._admit_locks.setdefault(dev_id, asyncio.Lock()):
+            bridge = self.bridges.get(dev_id)
+            dev = self.registry.get(dev_id)
+            if bridge is None or self._holds.get(dev_id) != HOLD_BUSY:
+                return
+            if self.jack.running and dev is not None:
+                self._mark_jacks_card(dev)
+                why = "in use by JACK (the card is busy while the JACK server runs)"
+            else:
+                why = "in use by another program (the card is busy)"
+            await self._release_claims(dev_id)
+            await bridge.hold(names.WAITING_FOR_DEVICE, why)
 
     def _on_device_added(self, dev: Device) -> None:
         dev = self.registry.upsert(dev)
@@ -716,10 +739,12 @@ class Manager:
         self._prune()
 
     def _on_jack(self, state) -> None:
+        was_running = self.jack.running
         self.jack = JackInfo(bool(state.running), int(state.sample_rate or 0),
                              int(state.buffer_size or 0))
         devices = frozenset(getattr(state, "alsa_devices", ()) if state.running else ())
-        moved, self._jack_devices = devices != self._jack_devices, devices
+        moved = devices != self._jack_devices or was_running != self.jack.running
+        self._jack_devices = devices
         self.manager_changed({"JackRunning": self.jack.running,
                               "JackSampleRate": self.jack.sample_rate,
                               "JackBufferSize": self.jack.buffer_size})

@@ -659,6 +659,11 @@ SND_PCM_PLUGIN_DEFINE_FUNC(cbvcard)
 		free(c);
 		return -ENODEV;
 	}
+	if (__atomic_load_n(&h->busy, __ATOMIC_ACQUIRE)) {    /* someone else has the card open */
+		munmap(c->h, c->maplen);
+		free(c);
+		return -EBUSY;
+	}
 	if (nch == 0) {
 		munmap(c->h, c->maplen);
 		free(c);

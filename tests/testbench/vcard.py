@@ -31,6 +31,7 @@ SOURCES = ("loop", "sine")
 
 OFF_GENERATION = 28
 OFF_UNPLUGGED = 32
+OFF_BUSY = 36
 OFF_BASE_NS = 48
 OFF_BASE_POS = 56
 OFF_PPM = 64
@@ -304,6 +305,11 @@ class CardControl:
 
     def unplug(self) -> None:
         struct.pack_into("<i", self._map, OFF_UNPLUGGED, 1)
+
+    def set_busy(self, busy: bool) -> None:
+        """While busy, opening the card fails with EBUSY (another program has it open); streams
+        already open run on."""
+        struct.pack_into("<i", self._map, OFF_BUSY, 1 if busy else 0)
 
     def replug(self) -> None:
         struct.pack_into("<I", self._map, OFF_GENERATION, self.generation + 1)

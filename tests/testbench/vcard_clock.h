@@ -13,7 +13,7 @@
  * Shared file layout (little endian), version 2:
  *   0 magic u32 'CBVC'   4 version u32      8 rate u32       12 capture_channels u32
  *  16 playback_ch u32   20 tl_channels u32 24 tl_frames u32  28 generation u32
- *  32 unplugged i32     40 t0_ns i64       48 base_ns i64    56 base_pos f64
+ *  32 unplugged i32   36 busy i32 (opens fail with EBUSY)   40 t0_ns i64       48 base_ns i64    56 base_pos f64
  *  64 ppm f64           72 wander_ppm f64  80 wander_period f64 (s)  88 step_ns i64
  *  96 stall_start_ns i64  104 stall_until_ns i64
  * 112 capture_source u32 (0 = playback looped back, 1 = a sine per channel)
@@ -45,7 +45,7 @@
 struct cb_header {
 	uint32_t magic, version, rate, capture_channels;
 	uint32_t playback_channels, tl_channels, tl_frames, generation;
-	int32_t unplugged, pad;
+	int32_t unplugged, busy;
 	int64_t t0_ns, base_ns;
 	double base_pos, ppm, wander_ppm, wander_period;
 	int64_t step_ns, stall_start_ns, stall_until_ns;
