@@ -11,6 +11,7 @@ import asyncio
 import logging
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -292,6 +293,10 @@ class Manager:
 
     def _wants_bridge(self, dev: Device) -> bool:
         return dev.id in self.store.data["bridges"] or self.auto_attach_of(dev)
+
+    def bridge_states(self) -> Counter:
+        """How many bridges are in each state (names.STATES), for the service's status line."""
+        return Counter(bridge.stats()["state"] for bridge in self.bridges.values())
 
     def list_devices(self) -> list[dict]:
         out = []
