@@ -18,34 +18,80 @@ import pytest
 from testbench.vcard import VirtualCard
 
 from service_helpers import BUS, MGR, MIFACE, wait_for
+from systemd_helpers import settings
 
 REPO = Path(__file__).resolve().parent.parent
-UNITS = ("cardbridge.service", "cardbridged.service")
+UNITS = {"cardbridge.service": "--session", "cardbridged.service": "--system"}
+ACTIVATION = {"services": "--session", "system-services": "--system"}
+
+
+def unit_text(unit: str) -> str:
+    return (REPO / "systemd" / f"{unit}.in").read_text()
 
 
 @pytest.mark.parametrize("unit", UNITS)
-def test_unit_verifies_and_allows_real_time(unit, tmp_path):
-    text = (REPO / "systemd" / unit).read_text()
-    # verify needs the binary to exist: check the unit as written, pointing at a real one
-    (tmp_path / unit).write_text(text.replace("/usr/bin/cardbridged", "/bin/true"))
-    out = subprocess.run(["systemd-analyze", "verify", str(tmp_path / unit)],
+def test_unit_verifies_and_is_a_notify_service_with_a_watchdog(unit, tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "cardbridged").symlink_to("/bin/true")
+    text = unit_text(unit)
+    (tmp_path / unit).write_text(text.replace("@BINDIR@", str(bindir)))
+    out = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / unit)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    for needed in ("Type=dbus", "BusName=org.cardbridge.CardBridge1", "Restart=on-failure",
-                   "LimitRTPRIO=", "LimitMEMLOCK=infinity"):
-        assert needed in text, needed
-    active = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
-    for forbidden in ("RestrictRealtime=", "MemoryDenyWriteExecute="):
-        assert not any(line.startswith(forbidden) for line in active), forbidden
+    keys = settings(text)
+    assert keys["Type"] == ["notify"] and keys["BusName"] == [BUS]
+    assert keys["Restart"] == ["on-failure"] and keys["WatchdogSec"]
+    assert keys["ExecStart"] == [f"@BINDIR@/cardbridged {UNITS[unit]}"]
+    for forbidden in ("RestrictRealtime", "MemoryDenyWriteExecute"):
+        assert forbidden not in keys, forbidden
+
+
+def test_only_the_system_unit_raises_real_time_limits():
+    """A user's systemd cannot raise its own hard limits (the unit would fail with 205/LIMITS):
+    the user unit takes what PAM gave the user (limits.d for group audio)."""
+    system, user = settings(unit_text("cardbridged.service")), settings(unit_text("cardbridge.service"))
+    assert system["LimitRTPRIO"] and system["LimitMEMLOCK"] == ["infinity"]
+    assert not [key for key in user if key.startswith("Limit")]
+    assert user["ConditionGroup"] == ["audio"]
 
 
 def test_activation_files_name_the_service():
-    for kind, flag in (("services", "--session"), ("system-services", "--system")):
+    for kind, flag in ACTIVATION.items():
         cp = configparser.ConfigParser()
-        cp.read(REPO / "dbus" / kind / "org.cardbridge.CardBridge1.service")
+        cp.read(REPO / "dbus" / kind / "org.cardbridge.CardBridge1.service.in")
         section = cp["D-BUS Service"]
         assert section["Name"] == BUS
-        assert section["Exec"].endswith(flag)
+        assert section["Exec"] == f"@BINDIR@/cardbridged {flag}"
+        unit = next(u for u, f in UNITS.items() if f == flag)
+        assert section["SystemdService"] == unit
+
+
+def test_the_service_user_is_the_same_everywhere():
+    """The system unit's user, the system activation file's user, the user sysusers.d creates
+    (in group audio), the owner of the tmpfiles.d state directory and the group the D-Bus
+    policy lets own the name agree; the service never runs as root."""
+    unit = settings(unit_text("cardbridged.service"))
+    [user] = unit["User"]
+    assert user != "root"
+    groups = unit["SupplementaryGroups"][0].split()
+    assert "audio" in groups
+    cp = configparser.ConfigParser()
+    cp.read(REPO / "dbus" / "system-services" / "org.cardbridge.CardBridge1.service.in")
+    assert cp["D-BUS Service"]["User"] == user
+    sysusers = [line.split() for line in (REPO / "systemd" / "cardbridge.sysusers").read_text()
+                .splitlines() if line.strip() and not line.startswith("#")]
+    assert ["u", user] == sysusers[0][:2]          # creates the user and its group
+    assert ["m", user, "audio"] in sysusers
+    tmpfiles = [line.split() for line in (REPO / "systemd" / "cardbridge.tmpfiles").read_text()
+                .splitlines() if line.strip() and not line.startswith("#")]
+    assert ["d", "/var/lib/cardbridge", "0750", user, user] == tmpfiles[0][:5]
+    assert unit["StateDirectory"] == ["cardbridge"]
+    root = ET.parse(REPO / "dbus" / "org.cardbridge.CardBridge1.conf").getroot()
+    owners = {(p.get("user"), p.get("group")) for p in root.findall("policy")
+              if any(a.get("own") == BUS for a in p.findall("allow"))}
+    assert owners == {("root", None), (None, user)}
+    assert user in groups      # a drop-in with User=<the JACK user> keeps the right to own it
 
 
 def test_policy_file_parses():
