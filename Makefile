@@ -8,6 +8,7 @@
 #                control-plane and hotplug figures (~40 min); BENCH_ARGS=--quick: ~5 min
 #   make bench-scale  setup + 8 and 16 duplex bridges of cardbridge and zita at 48 kHz / 128
 #   make install / make uninstall   the service for real (see "Installation" below)
+#   make deb     the Debian package, in build/deb/
 
 SHELL := /bin/bash
 VENV ?= .venv
@@ -21,10 +22,11 @@ VCARD_HDR := tests/testbench/vcard_clock.h
 # the benchmarks' measuring tools (a C JACK client, the card's playback tap): built, never installed
 BENCH_TOOLS := $(BUILD)/bench/cbmeter $(BUILD)/bench/cbtap
 
-# what `make install` and its tests need: the distribution's Python with venv and headers,
-# pipx, man (the man pages are checked)
-INSTALL_APT_PACKAGES := python3 python3-dev pipx \
-	man-db groff-base
+# what `make install`, `make deb` and their tests need: the distribution's Python with venv and
+# headers, the package tools, lintian, pipx, man (the man pages are checked), and what the
+# package depends on, so that installing it needs no download
+INSTALL_APT_PACKAGES := python3 python3-dev build-essential debhelper dpkg-dev lintian pipx \
+	man-db groff-base dbus libasound2 libjack-jackd2-0 libudev1
 APT_PACKAGES := gcc make pkg-config python3-venv \
 	jackd2 libjack-jackd2-dev libasound2-dev libasound2-plugins alsa-utils \
 	dbus-daemon dbus-bin systemd zita-ajbridge qjackctl pulseaudio \
@@ -33,7 +35,7 @@ APT_PACKAGES := gcc make pkg-config python3-venv \
 
 .PHONY: setup apt venv vcard bench-tools test demo bench bench-scale man completions clean \
 	install install-app install-files install-dirs uninstall uninstall-app uninstall-files prune \
-	reload-managers
+	reload-managers deb
 
 setup: apt venv vcard bench-tools man completions
 
@@ -254,3 +256,24 @@ reload-managers:
 	  dbus-send --system --type=method_call --dest=org.freedesktop.DBus / org.freedesktop.DBus.ReloadConfig || true; fi
 	@if [ -z "$(D)" ] && [ "$(SYSTEM)" = no ]; then systemctl --user daemon-reload 2>/dev/null || true; fi
 
+# -- Debian package -----------------------------------------------------------------------------
+# `make deb`: dpkg-buildpackage on a copy of the source tree (the files git knows and the new
+# ones it does not ignore), so nothing lands beside the checkout; the .deb, .buildinfo,
+# .changes and lintian's report end up in $(DEBDIR). lintian (when installed) fails the build on
+# errors. The build needs the package's Build-Depends (`sudo apt build-dep ./`) and PyPI.
+DEBDIR ?= $(BUILD)/deb
+deb:
+	rm -rf $(DEBDIR) && mkdir -p $(DEBDIR)/src
+	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+	  git ls-files -z -co --exclude-standard | tar --null -T - --ignore-failed-read -cf - ; \
+	else \
+	  tar --exclude=./.git --exclude=./$(BUILD) --exclude=./$(VENV) -cf - . ; \
+	fi | tar -xf - -C $(DEBDIR)/src
+	cd $(DEBDIR)/src && dpkg-buildpackage -b -us -uc
+	rm -rf $(DEBDIR)/src
+	@# the report shows the overridden tags too; an error fails the build (--fail-on would count
+	@# overridden errors once they are shown)
+	@if ! command -v lintian >/dev/null; then echo "lintian is not installed: the package is not checked"; exit 0; fi; \
+	set -o pipefail; lintian --fail-on none --info --display-info --pedantic --show-overrides \
+	  $(DEBDIR)/*.changes | tee $(DEBDIR)/lintian.txt; \
+	if grep -q '^E: ' $(DEBDIR)/lintian.txt; then echo "lintian: errors, see $(DEBDIR)/lintian.txt" >&2; exit 1; fi

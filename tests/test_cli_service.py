@@ -149,7 +149,8 @@ class RunningService:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cardbridge.daemon", f"--{bus_kind}", "--config",
-             str(self.config_path), "--jack-server", jack.name],
+             str(self.config_path), "--state-dir", str(home / "state" / "cardbridge"),
+             "--jack-server", jack.name],
             env=self.env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
         procs.record_started(self.proc, "cardbridged", "cardbridge service for CLI tests")
         try:

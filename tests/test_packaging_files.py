@@ -1,5 +1,6 @@
-"""The files in dbus/ and systemd/: units that systemd accepts, the policy enforced by a real
-system-like dbus-daemon against the real service, activation files that match.
+"""The files in dbus/, systemd/ and debian/: units that systemd accepts, the policy enforced by a
+real system-like dbus-daemon against the real service, activation files that match, one service
+user everywhere, the package's version that of the code.
 
 Runs in the pytest process; the service runs as root on the private system-like bus, callers
 are real `busctl` processes started with `setpriv` as nobody (with or without group audio).
@@ -14,6 +15,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
+import cardbridge
 
 from testbench.vcard import VirtualCard
 
@@ -92,6 +95,11 @@ def test_the_service_user_is_the_same_everywhere():
               if any(a.get("own") == BUS for a in p.findall("allow"))}
     assert owners == {("root", None), (None, user)}
     assert user in groups      # a drop-in with User=<the JACK user> keeps the right to own it
+
+
+def test_debian_changelog_names_the_version_of_the_code():
+    first = (REPO / "debian" / "changelog").read_text().splitlines()[0]
+    assert first.startswith(f"cardbridge ({cardbridge.__version__}) "), first
 
 
 def test_policy_file_parses():
