@@ -219,7 +219,8 @@ def test_watchdog_pings_stop_while_the_event_loop_is_stuck(tmp_path):
     asyncio.run(scenario())
     pings = [t for t, m in manager_end.drain() if m.get("WATCHDOG") == "1"]
     gaps = [b - a for a, b in zip(pings, pings[1:])]
-    assert max(gaps) >= 0.9 and sorted(gaps)[len(gaps) // 2] < 0.2, gaps
+    # every 0.1 s while the loop runs (a loaded machine may stretch that, never to a second)
+    assert max(gaps) >= 0.9 and sorted(gaps)[len(gaps) // 2] < 0.5, gaps
     manager_end.close()
 
 
