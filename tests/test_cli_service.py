@@ -398,6 +398,14 @@ def test_attach_wait_set_restart_reload_and_status_exit_codes(cli, card, cardbri
     assert proc.returncode == 7 and "Reason:" in proc.stdout and "is failed" in proc.stderr
 
 
+def interrupt(proc: subprocess.Popen) -> str:
+    """Ctrl-C to a following command (monitor, watch): it exits 0, quietly; its output."""
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and err == "", err
+    return out
+
+
 def test_monitor_prints_every_event_as_a_line(cli, card):
     for json_mode in (True, False):
         proc = subprocess.Popen(CLI + (["--json"] if json_mode else []) + ["monitor"],
@@ -411,9 +419,7 @@ def test_monitor_prints_every_event_as_a_line(cli, card):
             cli.ok("detach", "monitored")
             time.sleep(1.0)
         finally:
-            proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=30)
-        assert proc.returncode == 0 and err == "", err
+            out = interrupt(proc)
         lines = out.splitlines()
         if json_mode:
             events = [json.loads(line) for line in lines]
@@ -441,9 +447,7 @@ def test_watch_writes_plain_frames_when_not_on_a_terminal(cli, card):
         cli.ok("detach", "piped")
         time.sleep(1.5)
     finally:
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0 and err == "", err
+        out = interrupt(proc)
     assert "\x1b" not in out
     frames = [f for f in out.split("\n\n") if f.strip()]
     assert len(frames) >= 2 and all(f.startswith("cardbridge watch") for f in frames), out

@@ -54,6 +54,16 @@ def state(address: str, path: str = SCARLETT_PATH) -> tuple:
     return prop(address, path, "State"), prop(address, path, "StateReason")
 
 
+def plug_jacks_card_and_attach_it(address: str, injector) -> None:
+    """Plug the card JACK runs on: auto-attach must leave it alone; then attach it by hand."""
+    injector.plug(SCARLETT, CARD)
+    wait_for(lambda: SCARLETT_ID in devices(address), 20, "the card")
+    time.sleep(1.5)
+    assert prop(address, SCARLETT_PATH, "State") is None, "JACK's card auto-attached"
+    assert devices(address)[SCARLETT_ID]["auto_attach"] is False
+    call(address, "Attach", "sa{sv}", SCARLETT_ID, "0")
+
+
 @pytest.fixture
 def card(tmp_path):
     clock = create_card(VirtualCard(f"card{CARD}", shm=str(tmp_path / f"card{CARD}.vcard"),
@@ -193,12 +203,7 @@ def test_jacks_own_card_is_never_auto_attached_and_shown_in_use_by_jack(
     try:
         with daemon(tmp_path, env, jack_server.name, popen=netns.popen,
                     config='auto_attach = "usb"\n') as address:
-            netns.injector.plug(SCARLETT, CARD)
-            wait_for(lambda: SCARLETT_ID in devices(address), 20, "the card")
-            time.sleep(1.5)
-            assert prop(address, SCARLETT_PATH, "State") is None, "JACK's card auto-attached"
-            assert devices(address)[SCARLETT_ID]["auto_attach"] is False
-            call(address, "Attach", "sa{sv}", SCARLETT_ID, "0")
+            plug_jacks_card_and_attach_it(address, netns.injector)
             wait_for(lambda: state(address)[0] == "waiting-for-device", 20, "held")
             assert "in use by JACK" in prop(address, SCARLETT_PATH, "StateReason")
             restarts = prop(address, SCARLETT_PATH, "Restarts")
@@ -368,12 +373,7 @@ def test_a_plain_jackd_on_the_card_is_recognised_and_the_card_looked_at_again_wh
         with daemon(tmp_path, env, jackd.name, popen=netns.popen,
                     config='auto_attach = "usb"\n') as address:
             wait_for(lambda: prop(address, MGR, "JackRunning", MIFACE) is True, 20, "JACK")
-            netns.injector.plug(SCARLETT, CARD)
-            wait_for(lambda: SCARLETT_ID in devices(address), 20, "the card")
-            time.sleep(1.5)
-            assert prop(address, SCARLETT_PATH, "State") is None, "JACK's card auto-attached"
-            assert devices(address)[SCARLETT_ID]["auto_attach"] is False
-            call(address, "Attach", "sa{sv}", SCARLETT_ID, "0")
+            plug_jacks_card_and_attach_it(address, netns.injector)
             wait_for(lambda: state(address) == ("waiting-for-device", "in use by JACK (the JACK "
                                                 "server runs on this card)"), 20, "held")
             time.sleep(2.0)
@@ -428,11 +428,7 @@ def test_jackdbus_on_the_card_is_recognised_from_its_driver(
                 config='auto_attach = "usb"\n') as address:
         jackdbus.start_server()
         wait_for(lambda: prop(address, MGR, "JackRunning", MIFACE) is True, 30, "JACK")
-        netns.injector.plug(SCARLETT, CARD)
-        wait_for(lambda: SCARLETT_ID in devices(address), 20, "the card")
-        time.sleep(1.5)
-        assert prop(address, SCARLETT_PATH, "State") is None, "JACK's card auto-attached"
-        call(address, "Attach", "sa{sv}", SCARLETT_ID, "0")
+        plug_jacks_card_and_attach_it(address, netns.injector)
         wait_for(lambda: state(address) == ("waiting-for-device", "in use by JACK (the JACK "
                                             "server runs on this card)"), 20, "held")
         assert not service_workers(address)
@@ -483,20 +479,10 @@ def test_the_reservation_follows_the_card_number_on_every_plug(
 
 def _my_workers(device_id: str) -> list[int]:
     """PIDs of bridge workers of `device_id` that are children of this (test) process."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().decode(errors="replace")
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == os.getpid() and "cardbridge.engine.worker" in cmdline and device_id in cmdline:
-            found.append(int(entry))
-    return found
+    out = subprocess.run(["pgrep", "-P", str(os.getpid()), "-f",
+                          f"cardbridge.engine.worker.*{device_id}"], capture_output=True,
+                         text=True).stdout
+    return [int(pid) for pid in out.split()]
 
 
 def test_a_remembered_card_present_at_start_up_is_bridged_once(tmp_path, monkeypatch):

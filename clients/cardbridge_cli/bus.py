@@ -222,5 +222,10 @@ class Service:
     async def running(self) -> bool:
         return bool((await _raw_call(self._bus, *_DBUS, "NameHasOwner", "s", [BUS_NAME]))[0])
 
-    async def disconnected(self) -> None:
-        await self._bus.wait_for_disconnect()
+    async def watch_connection(self, on_lost: Callable[[], None]) -> None:
+        """Wait until the connection to the bus ends, then call `on_lost()`."""
+        try:
+            await self._bus.wait_for_disconnect()
+        except Exception:
+            pass
+        on_lost()

@@ -95,18 +95,14 @@ async def run_monitor(service, json_mode: bool) -> int:
             except (BrokenPipeError, OSError):
                 stop.set()
 
-    async def watch_bus() -> None:
-        try:
-            await service.disconnected()
-        except Exception:
-            pass
+    def connection_lost() -> None:
         lost.append(True)
         stop.set()
 
     await service.follow(on_event)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(signum, stop.set)
-    watcher = loop.create_task(watch_bus())
+    watcher = loop.create_task(service.watch_connection(connection_lost))
     try:
         await stop.wait()
     finally:

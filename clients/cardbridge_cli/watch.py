@@ -301,11 +301,7 @@ async def run_watch(service, json_mode: bool) -> int:
                     stop.set()
             await asyncio.sleep(PLAIN_INTERVAL)
 
-    async def watch_bus() -> None:
-        try:
-            await service.disconnected()
-        except Exception:
-            pass
+    def connection_lost() -> None:
         lost.append(True)
         stop.set()
 
@@ -315,7 +311,7 @@ async def run_watch(service, json_mode: bool) -> int:
         loop.add_signal_handler(signum, stop.set)
     if not json_mode and not plain:
         loop.add_signal_handler(signal.SIGWINCH, dirty.set)
-    tasks = [loop.create_task(watch_bus())]
+    tasks = [loop.create_task(service.watch_connection(connection_lost))]
     with _Terminal(draw=not json_mode and not plain) as terminal:
         if terminal.fd is not None:
             loop.add_reader(terminal.fd, on_key)

@@ -67,9 +67,14 @@ class _LimitedUnmarshaller(Unmarshaller):
             self._skipping = known
             self.buf = bytearray()
             self.offset = 0
-        if self._skip_left > 0:                  # a chunk per wake-up: the loop runs on between
-            self._skip_left -= len(self._read_some(min(self._skip_left, _SKIP_CHUNK)))
-            if self._skip_left > 0:
+        while self._skip_left > 0:
+            # Until the socket has nothing more for now. (Giving the loop a turn after every
+            # chunk could strand the message's last bytes in the stream's buffer, where no
+            # readable socket would ever call us back for them.)
+            want = min(self._skip_left, _SKIP_CHUNK)
+            got = len(self._read_some(want))
+            self._skip_left -= got
+            if got < want and self._skip_left > 0:
                 raise MarshallerStreamEndError()
         self.message = _stand_in(self._skipping)
 

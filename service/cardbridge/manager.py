@@ -779,7 +779,8 @@ class Manager:
         seen = data["seen"]
         # auto-attached bridges whose card is away: at most MAX_WAITING_BRIDGES, newest kept
         waiting = sorted((d for d, dev in ((d, self.registry.get(d)) for d in self.bridges)
-                          if d not in data["bridges"] and (dev is None or not dev.present)),
+                          if d not in data["bridges"] and d not in self._attached
+                          and (dev is None or not dev.present)),
                          key=lambda d: seen.get(d, 0))
         for dev_id in waiting[:max(0, len(waiting) - MAX_WAITING_BRIDGES)]:
             log.info("forgetting the bridge of %s (absent, auto-attached; %d others wait)",
