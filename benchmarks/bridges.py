@@ -288,9 +288,10 @@ class PeerSet(BridgeSet):
     def report(self) -> dict[str, dict]:
         out = {}
         for name, started in self.procs.items():
-            rec = {"broke_down": [], "exited": []}
+            rec = {"broke_down": [], "exited": [], "xruns": 0}
             for prog, proc, log in started:
                 text = log.read_text(errors="replace") if log.exists() else ""
+                rec["xruns"] += said_xruns(prog, text)
                 why = peer_breakdown(prog, text)
                 if why:
                     rec["broke_down"].append(why)
@@ -319,6 +320,15 @@ def _floats(line: str) -> list | None:
     except ValueError:
         return None
     return values if len(values) == 3 else None
+
+
+def said_xruns(program: str, text: str) -> int:
+    """The xruns a peer's own output tells of: zita-a2j/j2a start their synchronisation again
+    after each (\"Starting synchronisation.\" after the first), alsa_in/alsa_out print
+    \"err = -32\" (EPIPE)."""
+    if program.startswith("zita"):
+        return max(0, text.count("Starting synchronisation.") - 1)
+    return sum(1 for ln in text.splitlines() if ln.strip() == "err = -32")
 
 
 def peer_breakdown(program: str, text: str) -> str | None:

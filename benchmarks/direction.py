@@ -248,6 +248,11 @@ def thd_windows(s: Series, length: float, end: float) -> list[dict]:
     return out
 
 
+def rounded(values, digits: int) -> list:
+    """A series for results.json: floats to `digits` decimals, None where not finite."""
+    return [round(float(v), digits) if np.isfinite(v) else None for v in values]
+
+
 def count_in(times, a: float, b: float) -> int:
     times = np.asarray(times, np.float64)
     return int(((times >= a) & (times < b)).sum())
@@ -327,8 +332,6 @@ def assess(s: Series, jack_rate: int, layout, events: dict, card_xrun_s, jack_xr
         natural.append({"t": float(x), "delay_jump": None if before is None or after is None
                         else after - before})
     fig["natural_xruns"] = natural
-    fig["series"] = {"t": s.t.tolist(), "delay": [None if not np.isfinite(v) else float(v)
-                                                  for v in s.delay],
-                     "err_t": ends.tolist(),
-                     "err_ppm": [None if not np.isfinite(v) else float(v) for v in err]}
+    fig["series"] = {"t": rounded(s.t, 3), "delay": rounded(s.delay, 3),
+                     "err_t": rounded(ends, 2), "err_ppm": rounded(err, 3)}
     return fig

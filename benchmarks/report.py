@@ -114,7 +114,7 @@ def cell_table(name: str, runs: dict, kinds: list[str], cell_info: dict) -> list
                     c = r["cards"][ci] if r and ci < len(r.get("cards", [])) else {}
                     v = c.get(key) if key == "cpu_percent" else figure(c.get(d), key)
                     text = fmt(v, key) + mark(v, key) if c.get(d) else "–"
-                    if key == "latency_error" and c.get(d) and c[d].get("latency_ambiguity"):
+                    if key == "latency_error" and v is not None and c[d].get("latency_ambiguity"):
                         text += f" (mod {c[d]['latency_ambiguity']:.0f})"
                     if key == "thd_n_worst_db" and c.get(d) and c[d].get("thd_n_windows_clean"):
                         text += f" {c[d]['thd_n_windows_passing']}/{c[d]['thd_n_windows_clean']}"
@@ -135,6 +135,16 @@ def cell_table(name: str, runs: dict, kinds: list[str], cell_info: dict) -> list
             if dead:
                 why = "; ".join(b.get("exited") or []) or last_word(b, c["card"])
                 silent.append(f"{kind} on {c['key']} ({'/'.join(dead)}): {why or 'no reason given'}")
+    said = []
+    for kind in kinds:
+        r = runs.get(kind)
+        counts = [f"{c['key']} {(c.get('bridge') or {}).get('xruns')}" for c in (r or {}).get("cards", [])
+                  if (c.get("bridge") or {}).get("xruns") is not None]
+        if counts:
+            said.append(f"{kind} {', '.join(counts)}")
+    if said:
+        lines += ["", "Xruns the bridges reported themselves (cardbridge: its Xruns property; "
+                  "zita: re-synchronisations; alsa_in: ALSA errors -32): " + "; ".join(said) + "."]
     if silent:
         lines += ["", "No audio at all: " + "; ".join(silent) + "."]
     if bridge_notes:

@@ -224,3 +224,13 @@ def test_report_shows_each_direction_against_its_targets(tmp_path):
     assert "zita on a (capture): gone" in text
     assert "| t1 | cardbridge | 1/1 |" in text              # locked to 2 ppm within 10 s
     assert report.plots(data, tmp_path) == [tmp_path / "t1a.png"]
+
+
+def test_what_the_peers_say_about_their_xruns():
+    import bridges
+    zita = "Starting synchronisation.\n  0.1 1.0 0\nDetected excessive timing errors, waiting 10 seconds.\nStarting synchronisation.\n  -nan -nan 0\n"
+    assert bridges.said_xruns("zita-a2j", zita) == 1
+    assert "went NaN" in bridges.peer_breakdown("zita-a2j", zita)
+    alsa = "selected sample format: 24bit\nerr = -32\nerr = -11\nerr = -32\nWrite error: Resource temporarily unavailable\n"
+    assert bridges.said_xruns("alsa_out", alsa) == 2
+    assert "exited" in bridges.peer_breakdown("alsa_out", alsa)
