@@ -44,7 +44,7 @@ def analyse_stage(run) -> dict:
     layout = run.layout
     out = {"cell": run.cell.name, "kind": run.kind, "failed": run.failed, "cards": [],
            "events": {k: [float(v) for v in _seconds(ab, run.t0_ns)] for k, ab in run.events.items()},
-           "shared_cpu_percent": run.shared_cpu_percent}
+           "shared_cpu_percent": run.shared_cpu_percent, "machine": run.extra.get("machine")}
     meter = run.player or run.recorder
     if meter is None or len(meter.cycles) < 16:
         out["failed"] = out["failed"] or "no JACK cycles were recorded"

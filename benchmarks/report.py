@@ -94,9 +94,12 @@ def cell_table(name: str, runs: dict, kinds: list[str], cell_info: dict) -> list
             facts.append(f"{kind}: FAILED ({r['failed']})")
             continue
         j = r.get("jack", {})
+        m = r.get("machine") or {}
+        busy = (f"; the machine {m['busy_percent']:.0f} % busy (of {100 * m.get('cores', 1)}), "
+                f"{m['steal_percent']:.0f} % stolen, load {m['load_average']:.1f}") if m else ""
         facts.append(f"{kind}: {j.get('xruns', '–')} JACK xruns, JACK lost time "
                      f"{j.get('lost_time_events', '–')}× ({j.get('lost_frames', 0):.0f} frames), "
-                     f"CPU {cpu_total(r):.1f} % (all its processes)")
+                     f"CPU {cpu_total(r):.1f} % (all its processes){busy}")
     lines += ["; ".join(facts) + ".", ""]
     head = "| card | dir | " + " | ".join(label for _, label in COLUMNS) + " |"
     lines += [head, "|---|---|" + "---|" * len(COLUMNS)]

@@ -94,6 +94,24 @@ def bridge_limits() -> None:
             resource.setrlimit(limit, (value, value))
 
 
+def cpu_ticks() -> tuple[int, int, int]:
+    """The whole machine's (busy, steal, total) clock ticks so far (/proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    total = sum(fields[:8])
+    idle = fields[3] + fields[4]
+    return total - idle, fields[7], total
+
+
+def machine_load(t0: tuple, t1: tuple) -> dict:
+    """What the whole machine did between two cpu_ticks(): busy and stolen CPU in % of one core
+    (two cores busy: 200), and the load average at the end."""
+    busy, steal, total = (b - a for a, b in zip(t0, t1))
+    cores = os.cpu_count() or 1
+    return {"busy_percent": 100.0 * cores * busy / max(total, 1),
+            "steal_percent": 100.0 * cores * steal / max(total, 1),
+            "load_average": os.getloadavg()[0], "cores": cores}
+
+
 def card_name(cell, spec) -> str:
     return f"{cell.name}{spec.key}"
 
@@ -160,6 +178,7 @@ def run_stage(cell, kind: str, layout: Layout, work: Path, keep_channels: int = 
 
         at(layout.cpu_from)
         cpu0 = bridges.cpu() if failed is None else {}
+        ticks0 = cpu_ticks()
         tc0 = time.monotonic()
         if layout.stall_at < layout.seconds:
             at(layout.stall_at)
@@ -172,6 +191,7 @@ def run_stage(cell, kind: str, layout: Layout, work: Path, keep_channels: int = 
             events["process_stop"] = bridges.pause(layout.stop_ms / 1000)
         at(layout.seconds)
         cpu1 = bridges.cpu() if failed is None else {}
+        machine = machine_load(ticks0, cpu_ticks())
         wall = time.monotonic() - tc0
         player_run = player.stop() if player else None
         recorder_run = recorder.stop() if recorder else None
@@ -191,4 +211,4 @@ def run_stage(cell, kind: str, layout: Layout, work: Path, keep_channels: int = 
                             ports.capture_client, percent(card.name)))
     log = (work / "jackd.log").read_text(errors="replace") if (work / "jackd.log").exists() else ""
     return StageRun(cell, kind, layout, t0, events, player_run, recorder_run, runs,
-                    percent("") or 0.0, report, failed, work, log)
+                    percent("") or 0.0, report, failed, work, log, {"machine": machine})
