@@ -34,7 +34,8 @@ from testbench.procs import terminate
 from testbench.servicerun import BUS, MGR, MIFACE, daemon, get_prop
 
 KINDS = ("cardbridge", "zita", "alsa_in")
-PEER_PROGRAMS = {"zita": ("zita-a2j", "zita-j2a"), "alsa_in": ("alsa_in", "alsa_out")}
+PEER_PROGRAMS = {"zita": ("zita-a2j", "zita-j2a"), "reference": ("zita-a2j", "zita-j2a"),
+                 "alsa_in": ("alsa_in", "alsa_out")}
 
 
 @dataclass
@@ -267,8 +268,8 @@ class PeerSet(BridgeSet):
                     continue
                 log = self.work / f"{client}.log"
                 args = [prog, "-j", client, *common, "-c", str(channels)]
-                if self.kind == "zita":
-                    args = ["stdbuf", "-oL", "-eL", *args[:1], "-v", *args[1:]]
+                if self.kind in ("zita", "reference"):
+                    args = ["stdbuf", "-oL", "-eL", *args[:1], "-v", *self.extra_args, *args[1:]]
                 out = open(log, "w")
                 self._stack.callback(out.close)
                 proc = subprocess.Popen(args, env=self.env, stdout=out, stderr=subprocess.STDOUT)
@@ -307,6 +308,17 @@ class PeerSet(BridgeSet):
 class ZitaSet(PeerSet):
     kind = "zita"
     prefix = "z"
+    extra_args: tuple = ()
+
+
+class ReferenceSet(ZitaSet):
+    """zita-a2j/j2a with -S (word clock sync: no resampling, no control loop): on a card whose
+    clock is JACK's own rate (0 ppm; JACK's CLOCK_MONOTONIC_RAW and the card's CLOCK_MONOTONIC
+    run together to a few ppb where nothing slews the clock) it moves every sample unchanged
+    at a fixed delay, so what the benchmark measures on it is the measurement's own floor."""
+    kind = "reference"
+    prefix = "r"
+    extra_args = ("-S",)
 
 
 class AlsaInSet(PeerSet):
@@ -347,4 +359,5 @@ def peer_breakdown(program: str, text: str) -> str | None:
     return None
 
 
-SETS = {"cardbridge": CardbridgeSet, "zita": ZitaSet, "alsa_in": AlsaInSet}
+SETS = {"cardbridge": CardbridgeSet, "zita": ZitaSet, "alsa_in": AlsaInSet,
+        "reference": ReferenceSet}

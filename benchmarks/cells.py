@@ -116,6 +116,10 @@ CELLS = (
 # the same card alone on its JACK server: against its row in c1, what four cards at once cost
 SOLO = (Cell("solo", 48000, 256, (CELLS[0].cards[1],),
              "card b of c1 alone on its JACK server"),)
+# the measurement's own floor: a card at JACK's rate and clock, bridged without resampling
+REFERENCE = Cell("ref", 48000, 256, (C("a", 48000, 0.0, fmt="FLOAT_LE", periods=4),
+                                     C("b", 48000, 0.0, fmt="S24_3LE", channels=6, periods=4)),
+                 "cards on JACK's own clock through zita -S (no resampling): the bench's floor")
 QUICK = ("c1", "c2")
 
 
@@ -143,6 +147,8 @@ def by_name(names: str | None, quick: bool = False) -> list[Cell]:
     """Cells named in a comma-separated list (all, the solo one included, by default; QUICK
     with quick)."""
     known = {cell.name: cell for cell in CELLS + SOLO}
+    if names and REFERENCE.name in names.split(","):
+        known[REFERENCE.name] = REFERENCE            # on request only: see REFERENCE
     wanted = names.split(",") if names else list(QUICK if quick else known)
     missing = [n for n in wanted if n not in known]
     if missing:

@@ -16,6 +16,9 @@ Runs as its own process (`make bench`, or `.venv/bin/python benchmarks/run.py [-
 * cardbridge only: D-Bus call latency under a 200 calls/s flood (benchmarks/control_plane.py)
   and hotplug latency (benchmarks/hotplug_latency.py).
 * --clock-check: which clock jack_get_time() and the dummy driver follow here.
+* the measurement's own floor (`--cells ref --kinds reference`): cards on JACK's own clock
+  bridged by zita-a2j/j2a -S, which moves samples unchanged at a fixed delay; on a quiet
+  machine every figure should be at its ideal (0 ppm, the format's THD+N floor, a flat delay).
 
 Results: benchmarks/results/<time>/ (or --out): results.json, results.md, a PNG per card.
 """
@@ -208,7 +211,7 @@ def main(argv=None) -> int:
         return 0
     kinds = (args.kinds.split(",") if args.kinds
              else ["cardbridge", "zita"] if args.quick else list(KINDS))
-    unknown = [k for k in kinds if k not in KINDS]
+    unknown = [k for k in kinds if k not in KINDS + ("reference",)]
     if unknown:
         p.error(f"unknown bridge kind {unknown[0]} (kinds: {', '.join(KINDS)})")
     try:
