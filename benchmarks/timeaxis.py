@@ -113,10 +113,35 @@ def build(cycles: np.ndarray, rate: int) -> JackTimeline:
         first = max(lo - NOTICE_LAG, seg_first[-1] + 1 if seg_first else 0)
         below = np.nonzero(offset[first:lo + GUARD_CYCLES] < off - EARLY_NS)[0]
         first = first + int(below[-1]) + 1 if len(below) else first
-        seg_start.append(off + frames[first] * 1e9 / rate)     # that cycle's place on the line
+        seg_start.append(first)
         seg_off.append(off)
         seg_first.append(min(lo + GUARD_CYCLES, hi - 1))
-    seg_off = np.array(seg_off)
+    # a segment whose line came out no later than the one before (its early cycles were only
+    # late ones, the lower envelope caught up later) was no move: one line for both
+    k = 1
+    while k < len(seg_off):
+        if seg_off[k] - seg_off[k - 1] < MOVE_NS / 3:
+            seg_off[k - 1] = min(seg_off[k - 1], seg_off[k])
+            del seg_off[k], seg_start[k]
+        else:
+            k += 1
+    # a move nobody was told of (before our xrun callback was in place, or a notice lost in a
+    # burst): cycles below their segment's line came before it; they get a line of their own
+    idx, offs = [], []
+    bounds = seg_start + [len(cycles)]
+    for i, off in enumerate(seg_off):
+        below = np.nonzero(offset[bounds[i]:bounds[i + 1]] < off - EARLY_NS)[0]
+        if len(below):
+            cut = bounds[i] + int(below[-1]) + 1
+            idx.append(bounds[i])
+            offs.append(float(offset[bounds[i]:cut].min()))
+            idx.append(cut)
+        else:
+            idx.append(bounds[i])
+        offs.append(off)
+    seg_off = np.array(offs)
+    # each segment starts where its first cycle sits on its line
+    seg_raw = seg_off + frames[np.array(idx)] * 1e9 / rate
     lost = np.concatenate([[0.0], np.diff(seg_off) * rate / 1e9])
-    return JackTimeline(rate, (float(a), float(b)), np.array(seg_start), seg_off, lost,
+    return JackTimeline(rate, (float(a), float(b)), seg_raw, seg_off, lost,
                         float(np.abs(resid).max()), bool(abs(jack_raw) < abs(jack_mono)))

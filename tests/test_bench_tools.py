@@ -42,12 +42,19 @@ def test_meter_records_what_the_player_plays_at_each_jack_frame(jack_server, tmp
     rec = recorder.wait(30)
     play = player.stop()
     assert rec.meta["ports"][0]["connected_ns"] > 0
+    # cycles near an xrun notice: JACK may have run the recorder without the player's output
+    notices = np.nonzero(np.diff(rec.cycles["xruns"].astype(np.int64)) > 0)[0] + 1
+    near_xrun = {int(f) for i in notices
+                 for f in rec.cycles["frame_time"][max(0, i - 4):i + 2]}
     for k, freq in enumerate((997, 999)):
         x = rec.recording(k)
         got = np.nonzero(np.isfinite(x) & (x != 0))[0]
         assert len(got) > rec.rate                       # a second at least, once connected
         frames = rec.first_frame + got
-        assert np.max(np.abs(x[got] - sine(freq, frames, rec.rate))) < 1e-6
+        wrong = np.abs(x[got] - sine(freq, frames, rec.rate)) > 1e-6
+        # every sample exact, but in whole cycles JACK ran out of order at an xrun
+        starts = {int(f) - int(f) % rec.meta["period"] for f in frames[wrong]}
+        assert starts <= {f - f % rec.meta["period"] for f in near_xrun}, sorted(starts)[:5]
     # every cycle stamped: frame times a period apart (or whole periods, if one was missed)
     steps = np.diff(play.cycles["frame_time"].astype(np.int64))
     assert len(play.cycles) > 100 and np.all(steps % play.meta["period"] == 0)
