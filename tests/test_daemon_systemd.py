@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -180,6 +181,27 @@ def test_log_lines_carry_journald_priorities_when_stderr_is_the_journal(session_
     finally:
         assert stop(proc) == 0
     assert "cardbridge: INFO: cardbridged" in (tmp_path / "plain" / "daemon.log").read_text()
+
+
+def test_worker_log_lines_carry_priorities_too(tmp_path):
+    """A worker inherits the daemon's stderr and environment: when that is the journal, its
+    lines carry their priority as the daemon's do (an xrun note is a warning), else the level."""
+    code = ("import logging; from cardbridge.engine import worker; "
+            "worker.log('capture overrun on hw:9', logging.WARNING); worker.log('ALSA thread ended', "
+            "logging.ERROR); worker.log('started')")
+    journal, plain = tmp_path / "journal.log", tmp_path / "plain.log"
+    with open(journal, "w") as stream:
+        st = os.fstat(stream.fileno())
+        env = dict(os.environ, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
+        subprocess.run([sys.executable, "-c", code], env=env, stderr=stream, check=True)
+    with open(plain, "w") as stream:
+        env = dict(os.environ, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino + 1}")
+        subprocess.run([sys.executable, "-c", code], env=env, stderr=stream, check=True)
+    pid = r"cardbridge-worker\[\d+\]"
+    assert [re.sub(pid, "W", line) for line in journal.read_text().splitlines()] == [
+        "<4>W: capture overrun on hw:9", "<3>W: ALSA thread ended", "<6>W: started"]
+    assert [re.sub(pid, "W", line) for line in plain.read_text().splitlines()] == [
+        "W: WARNING: capture overrun on hw:9", "W: ERROR: ALSA thread ended", "W: INFO: started"]
 
 
 # -- pure parts ---------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ Threads of this process:
   posts its state, log lines and latency changes into the inbox;
 * JACK's threads: the compiled process callback (no Python), and the notification thread,
   whose Python callbacks post the server's shutdown and format changes into the inbox.
-Log lines go to stderr (the service's journal).
+Log lines go to stderr (the service's journal), with their syslog priority when it is the
+journal (logsetup.py), as the main process writes its own.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
+import logging
 import math
 import os
 import queue
@@ -31,7 +33,7 @@ import time
 
 import jack
 
-from .. import bridgestats
+from .. import bridgestats, logsetup
 from .alsathread import AlsaThread, alsa_priority
 from .jackside import JACK_FORMAT, JACK_SHUTDOWN, JackSide, LibjackStuck, ServerNews
 from .pcmio import DeviceError, DeviceGone, max_channels
@@ -49,8 +51,23 @@ GC_EVERY = 30.0                   # seconds between the control thread's cycle c
 JACK_QUIET = 0.2                  # seconds without a process cycle: the server has stopped
 
 
-def log(message: str) -> None:
-    print(f"cardbridge-worker[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
+def log_line(message: str, level: int, journal: bool) -> str:
+    """One log line of this worker: `<N>name: message` for the journal, `name: LEVEL: message`
+    elsewhere (the main process's two formats)."""
+    name = f"cardbridge-worker[{os.getpid()}]"
+    if journal:
+        return f"<{logsetup.priority(level)}>{name}: {message}"
+    return f"{name}: {logging.getLevelName(level)}: {message}"
+
+
+def log(message: str, level: int = logging.INFO) -> None:
+    try:
+        print(log_line(message, level, JOURNAL), file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+JOURNAL = logsetup.stream_is_journal()    # stderr is inherited from the main process
 
 
 def emit(line: str) -> None:
@@ -65,12 +82,14 @@ def lock_memory() -> None:
     """mlockall where the limit allows it; a low RLIMIT_MEMLOCK would make later allocations fail."""
     soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     if soft != resource.RLIM_INFINITY and soft < (512 << 20):
-        log("memory not locked (RLIMIT_MEMLOCK too low); page faults may cost cycles")
+        log("memory not locked (RLIMIT_MEMLOCK too low); page faults may cost cycles",
+            logging.WARNING)
         return
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.mlockall(MCL_CURRENT | MCL_FUTURE) != 0:
         err = ctypes.get_errno()
-        log(f"memory not locked ({os.strerror(err)}); page faults may cost cycles")
+        log(f"memory not locked ({os.strerror(err)}); page faults may cost cycles",
+            logging.WARNING)
 
 
 class Worker:
@@ -143,7 +162,7 @@ class Worker:
         except DeviceGone as exc:
             return None, f"the card is not there ({exc})"
         except DeviceError as exc:
-            log(f"cannot probe {spec.pcm}: {exc}")
+            log(f"cannot probe {spec.pcm}: {exc}", logging.WARNING)
             return None, f"cannot probe the card: {exc}"
         cap = cap or 0
         pb = pb or 0
@@ -187,7 +206,7 @@ class Worker:
                 try:
                     side.close(self.server_news)
                 except LibjackStuck as exc:
-                    log(f"{exc}; exiting so that a fresh worker takes over")
+                    log(f"{exc}; exiting so that a fresh worker takes over", logging.ERROR)
                     return 1
             if not self.stopping:
                 self.set_state(bridgestats.WAITING_FOR_JACK, "the JACK server went away")
@@ -211,14 +230,14 @@ class Worker:
             message = self.next_message(0.25)
             if message is None:
                 if not self.alsa.thread.is_alive() and not self.stopping and not side.gone:
-                    log("ALSA thread ended unexpectedly; restarting it")
+                    log("ALSA thread ended unexpectedly; restarting it", logging.ERROR)
                     self.restart_alsa(side, queues)
                 continue
             kind, payload = message.kind, message.payload
             if kind == STREAM_STATE:
                 self.set_state(*payload)
             elif kind == STREAM_NOTE:
-                log(payload)
+                log(payload, logging.WARNING)   # xruns, re-syncs, device errors
             elif kind == STREAM_LATENCY:
                 side.recompute_latencies()
             elif kind == JACK_FORMAT:
@@ -255,7 +274,8 @@ class Worker:
             return
         if not alsa.stop(2.0):
             # a thread stuck in a driver call still writes its record: never start a second
-            log("the ALSA thread does not stop; exiting so that a fresh worker takes over")
+            log("the ALSA thread does not stop; exiting so that a fresh worker takes over",
+                logging.ERROR)
             os._exit(1)
         if alsa.has_locked:
             self.learnt_ppm = alsa.learnt_ppm
@@ -288,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return worker.run()
     except Exception as exc:  # the supervisor restarts us; say why in one line
-        log(f"fatal: {type(exc).__name__}: {exc}")
+        log(f"fatal: {type(exc).__name__}: {exc}", logging.CRITICAL)
         return 1
 
 
