@@ -334,6 +334,16 @@ def test_44k1_card_on_48k_jack(virtual_cards, bridge_on):
     assert steady_means(run)["ratio"] == pytest.approx(48000 / 44100, abs=40e-6)
 
 
+def test_a_card_that_offers_only_s24_le_is_bridged(virtual_cards, bridge_on):
+    """24 bits in the low three bytes of four (many USB and HDA cards): opened, locked, and
+    its format shown."""
+    card = VirtualCard("vcs24", ppm=-80.0, formats=("S24_LE",))
+    virtual_cards(card)
+    run = bridge_on(card)
+    s = run.wait(running, LOCK_TIMEOUT, "the bridge to lock")
+    assert s["device_format"] == "S24_LE"
+
+
 def test_capture_only_card(virtual_cards, bridge_on, jack_server):
     card = VirtualCard("vcmic", capture_channels=1, playback_channels=0, ppm=400.0)
     virtual_cards(card)

@@ -5,6 +5,8 @@ Runs in the pytest process.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -13,7 +15,17 @@ from cardbridge.engine.pcmio import FORMATS
 from codec import decode, encode
 
 WIDTH = {name: width for name, _, width in FORMATS}
-QUANTUM = {"S16_LE": 1 / 32768, "S24_3LE": 1 / 2 ** 23, "S32_LE": 1 / 2 ** 31, "FLOAT_LE": 0.0}
+
+
+def quantum(fmt: str) -> float:
+    """One step of an integer format at full scale 1.0; 0 for floating point."""
+    if fmt.startswith("FLOAT"):
+        return 0.0
+    bits = int(re.match(r"[SU](\d+)", fmt).group(1))
+    return 1.0 / 2 ** (bits - 1)
+
+
+QUANTUM = {name: quantum(name) for name, _, _ in FORMATS}
 
 
 @pytest.mark.parametrize("fmt", [name for name, _, _ in FORMATS])
@@ -33,9 +45,10 @@ def test_a_period_survives_encode_then_decode(fmt):
 def test_out_of_range_samples_are_clipped_not_wrapped(fmt):
     frames = np.array([[1.5, -3.0], [1.0, -1.0], [0.25, -0.25], [np.nan, 0.0]], np.float32)
     back = decode(fmt, encode(fmt, frames), 2)
-    assert back[0, 0] == pytest.approx(1.0, abs=1e-4) and back[0, 1] == pytest.approx(-1.0, abs=1e-4)
-    assert back[1, 0] == pytest.approx(1.0, abs=1e-4) and back[1, 1] == -1.0
-    assert back[2, 0] == pytest.approx(0.25, abs=1e-4) and back[2, 1] == pytest.approx(-0.25, abs=1e-4)
+    tol = max(1e-4, QUANTUM[fmt])          # +1.0 is the largest code: one step below 1.0
+    assert back[0, 0] == pytest.approx(1.0, abs=tol) and back[0, 1] == pytest.approx(-1.0, abs=tol)
+    assert back[1, 0] == pytest.approx(1.0, abs=tol) and back[1, 1] == -1.0
+    assert back[2, 0] == pytest.approx(0.25, abs=tol) and back[2, 1] == pytest.approx(-0.25, abs=tol)
     assert back[3, 0] == 0.0                # NaN from a broken client is played as silence
 
 
@@ -44,13 +57,17 @@ def test_integer_codes_are_rounded_to_the_nearest_step(fmt):
     q = QUANTUM[fmt] or 2.0 ** -24
     frames = np.array([[0.6 * q, -0.6 * q], [0.4 * q, 3 * q]], np.float32)
     back = decode(fmt, encode(fmt, frames), 2)
-    if fmt == "FLOAT_LE":
+    if fmt.startswith("FLOAT"):
         assert np.array_equal(back, frames)
     else:
         assert back.ravel().tolist() == pytest.approx([q, -q, 0.0, 3 * q], abs=q * 1e-3)
 
 
-def test_silence_is_all_zero_bytes_in_every_format():
-    # the playback prefill writes zero bytes as silence
+def test_silence_is_silence_in_every_format():
+    # the playback prefill is encoded silence: zero bytes, but the midpoint code of the
+    # unsigned formats (0x80 for U8)
     for fmt in WIDTH:
-        assert encode(fmt, np.zeros((4, 2), np.float32)) == bytes(4 * 2 * WIDTH[fmt])
+        data = encode(fmt, np.zeros((4, 2), np.float32))
+        assert np.array_equal(decode(fmt, data, 2), np.zeros((4, 2), np.float32))
+        if not fmt.startswith("U"):
+            assert data == bytes(4 * 2 * WIDTH[fmt])

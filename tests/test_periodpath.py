@@ -77,6 +77,21 @@ def test_capture_decodes_resamples_and_appends_to_the_ring(fmt):
     assert 0.49 < np.max(np.abs(got)) < 0.51
 
 
+@pytest.mark.parametrize("fmt", [name for name, _, _ in FORMATS])
+def test_the_playback_prefill_is_silence_in_the_devices_format(fmt):
+    """Zero bytes are silence only in signed and float formats: U8's is 0x80 in every byte."""
+    jack = Core()
+    path = SidePath(jack.playback, params("playback", fmt), "sinc_medium", PERIOD, 1.0)
+    try:
+        data = path.silence(16)
+    finally:
+        path.close()
+    assert len(data) == 16 * 2 * path.side.width
+    assert np.array_equal(decode(fmt, data, 2), np.zeros((16, 2), np.float32))
+    if fmt == "U8":
+        assert data == b"\x80" * 32
+
+
 def test_capture_at_a_ratio_makes_that_many_more_jack_frames():
     jack = Core()
     path = SidePath(jack.capture, params("capture", "FLOAT_LE"), "sinc_fastest", PERIOD, 1.001)

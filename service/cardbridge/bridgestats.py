@@ -91,8 +91,10 @@ BY_KEY = {stat.key: stat for stat in STATS}
 PUBLISHED = tuple(stat for stat in STATS if stat.prop is not None)
 BY_PROP = {stat.prop: stat for stat in PUBLISHED}
 
-# The device's sample formats, numbered for `device_format` (0: not known yet).
-FORMATS = ("", "FLOAT_LE", "S32_LE", "S24_3LE", "S16_LE")
+# The device's sample formats, numbered for `device_format` (0: not known yet), in the order of
+# the C codec's table (csrc/periodpath.c); ALSA's names.
+FORMATS = ("", "FLOAT_LE", "S32_LE", "S24_3LE", "S16_LE", "S24_LE", "FLOAT64_LE", "S32_BE",
+           "S24_3BE", "S16_BE", "S24_BE", "FLOAT_BE", "U32_LE", "U24_3LE", "U16_LE", "S8", "U8")
 
 
 def of_source(source: str) -> tuple[str, ...]:

@@ -14,17 +14,17 @@ from dataclasses import dataclass
 import alsaaudio
 
 from ..bridgestats import FORMATS as FORMAT_NAMES
+from ._rtcore import lib
 
-# Preferred order: what costs least to convert first; every format real USB cards offer.
-FORMATS = (
-    ("FLOAT_LE", alsaaudio.PCM_FORMAT_FLOAT_LE, 4),
-    ("S32_LE", alsaaudio.PCM_FORMAT_S32_LE, 4),
-    ("S24_3LE", alsaaudio.PCM_FORMAT_S24_3LE, 3),
-    ("S16_LE", alsaaudio.PCM_FORMAT_S16_LE, 2),
-)
-_BY_CODE = {code: (name, width) for name, code, width in FORMATS}
-# the numbers the stats slot publishes (DeviceFormat) and the C path switches on
+# Preferred order: full resolution first, then what costs least to convert; every format
+# ALSA cards offer for linear PCM (the C codec handles each: csrc/periodpath.c).
+PREFERENCE = ("FLOAT_LE", "S32_LE", "S24_LE", "S24_3LE", "S16_LE", "FLOAT64_LE", "S32_BE",
+              "S24_BE", "S24_3BE", "S16_BE", "FLOAT_BE", "U32_LE", "U24_3LE", "U16_LE", "S8", "U8")
+# the numbers the stats slot publishes (DeviceFormat) and the C codec switches on
 FORMAT_CODES = {name: code for code, name in enumerate(FORMAT_NAMES) if name}
+FORMATS = tuple((name, getattr(alsaaudio, "PCM_FORMAT_" + name),
+                 lib.cb_format_width(FORMAT_CODES[name])) for name in PREFERENCE)
+_BY_CODE = {code: (name, width) for name, code, width in FORMATS}
 
 # Errors that mean "the device is not there (any more)". pyalsaaudio gives only alsa-lib's
 # message (snd_strerror: the C library's strerror, in this process's locale), so the texts are

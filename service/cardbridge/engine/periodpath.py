@@ -82,6 +82,15 @@ class SidePath:
             raise ResamplerError(f"libsamplerate: {_error_text(err)}")
         self._close = weakref.finalize(self, lib.cb_side_close, s)
 
+    def silence(self, frames: int) -> bytes:
+        """`frames` frames of silence in the device's format (zero bytes are not silence in an
+        unsigned one)."""
+        ch = self.side.channels
+        zeros = ffi.new("float[]", frames * ch)
+        out = ffi.new("char[]", frames * ch * self.side.width)
+        lib.cb_encode(self.side.format, zeros, out, frames * ch)
+        return bytes(ffi.buffer(out))
+
     def close(self) -> None:
         self._close()
 

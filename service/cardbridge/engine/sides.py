@@ -181,8 +181,7 @@ class PlaybackSide:
     def prefill_rt(self) -> None:
         """Start the card with a buffer of silence (duplex: at the first capture boundary, so
         that both streams start in a known phase)."""
-        silence = bytes(self.prefill * self.params.channels * self.params.width)  # zeros
-        self._write(silence)
+        self._write(self.path.silence(self.prefill))
         self.written = self.prefill
 
     def transfer_rt(self) -> None:

@@ -22,11 +22,36 @@
 #define LOAD_ACQ(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define STORE_REL(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 
-/* The device formats, numbered as bridgestats.FORMATS. */
-#define CB_FLOAT_LE 1
-#define CB_S32_LE 2
-#define CB_S24_3LE 3
-#define CB_S16_LE 4
+/* The device formats, numbered as bridgestats.FORMATS (the same order; 0 is "not known"). */
+typedef struct {
+    uint8_t width;        /* bytes per sample */
+    uint8_t big_endian;
+    uint8_t kind;         /* FMT_INT (two's complement), FMT_UINT (offset binary), FMT_FLOAT */
+    uint8_t bits;         /* significant bits of an integer, from the low end of the sample */
+} cb_format;
+
+enum { FMT_INT, FMT_UINT, FMT_FLOAT };
+
+static const cb_format FORMATS[] = {
+    {0, 0, FMT_INT, 0},
+    {4, 0, FMT_FLOAT, 32},   /* FLOAT_LE */
+    {4, 0, FMT_INT, 32},     /* S32_LE */
+    {3, 0, FMT_INT, 24},     /* S24_3LE */
+    {2, 0, FMT_INT, 16},     /* S16_LE */
+    {4, 0, FMT_INT, 24},     /* S24_LE: 24 bits in the low three bytes of four */
+    {8, 0, FMT_FLOAT, 64},   /* FLOAT64_LE */
+    {4, 1, FMT_INT, 32},     /* S32_BE */
+    {3, 1, FMT_INT, 24},     /* S24_3BE */
+    {2, 1, FMT_INT, 16},     /* S16_BE */
+    {4, 1, FMT_INT, 24},     /* S24_BE */
+    {4, 1, FMT_FLOAT, 32},   /* FLOAT_BE */
+    {4, 0, FMT_UINT, 32},    /* U32_LE */
+    {3, 0, FMT_UINT, 24},    /* U24_3LE */
+    {2, 0, FMT_UINT, 16},    /* U16_LE */
+    {1, 0, FMT_INT, 8},      /* S8 */
+    {1, 0, FMT_UINT, 8},     /* U8 */
+};
+#define N_FORMATS (sizeof(FORMATS) / sizeof(FORMATS[0]))
 
 /* libsamplerate's public ABI (samplerate.h, stable since 0.1) */
 typedef struct {
@@ -83,89 +108,104 @@ const char *cb_src_strerror(int error)
     return src_strerror_fn ? src_strerror_fn(error) : "libsamplerate is not bound";
 }
 
-/* Little-endian integers of `bytes` bytes (2, 3 or 4), to and from 32 bits. */
-static inline uint32_t get_le(const unsigned char *p, int bytes)
+uint32_t cb_format_width(uint32_t format)
 {
-    uint32_t u = 0;
-    for (int k = 0; k < bytes; k++)
-        u |= (uint32_t)p[k] << (8 * k);
+    return format < N_FORMATS ? FORMATS[format].width : 0;
+}
+
+/* A sample's bytes as an unsigned integer, and back (either byte order, 1 to 8 bytes). */
+static inline uint64_t get_bytes(const unsigned char *p, const cb_format *f)
+{
+    uint64_t u = 0;
+    for (int k = 0; k < f->width; k++)
+        u |= (uint64_t)p[f->big_endian ? f->width - 1 - k : k] << (8 * k);
     return u;
 }
 
-static inline void put_le(unsigned char *p, uint32_t u, int bytes)
+static inline void put_bytes(unsigned char *p, uint64_t u, const cb_format *f)
 {
-    for (int k = 0; k < bytes; k++)
-        p[k] = (unsigned char)(u >> (8 * k));
+    for (int k = 0; k < f->width; k++)
+        p[f->big_endian ? f->width - 1 - k : k] = (unsigned char)(u >> (8 * k));
 }
 
-/* Device bytes -> float32, full scale = 2^(bits-1). */
+/* Device bytes -> float32, full scale = 2^(bits-1); an unknown format decodes as silence. */
 void cb_decode(uint32_t format, const char *src, float *dst, uint64_t samples)
 {
-    const unsigned char *b = (const unsigned char *)src;
-    switch (format) {
-    case CB_FLOAT_LE:
-        for (uint64_t i = 0; i < samples; i++) {
-            uint32_t u = get_le(b + 4 * i, 4);
-            memcpy(&dst[i], &u, sizeof(float));
-        }
-        break;
-    case CB_S32_LE:
-        for (uint64_t i = 0; i < samples; i++)
-            dst[i] = (float)((double)(int32_t)get_le(b + 4 * i, 4) * (1.0 / 2147483648.0));
-        break;
-    case CB_S24_3LE:   /* placed in the top of 32 bits, so that the shift back keeps the sign */
-        for (uint64_t i = 0; i < samples; i++)
-            dst[i] = (float)((double)((int32_t)(get_le(b + 3 * i, 3) << 8) >> 8)
-                             * (1.0 / 8388608.0));
-        break;
-    case CB_S16_LE:
-        for (uint64_t i = 0; i < samples; i++)
-            dst[i] = (float)((double)(int16_t)get_le(b + 2 * i, 2) * (1.0 / 32768.0));
-        break;
-    default:
+    if (format == 0 || format >= N_FORMATS) {
         memset(dst, 0, samples * sizeof(float));
+        return;
+    }
+    const cb_format *f = &FORMATS[format];
+    const unsigned char *b = (const unsigned char *)src;
+    double scale = 1.0 / (double)(1ull << (f->bits - 1));
+    uint64_t mask = f->bits == 64 ? ~0ull : (1ull << f->bits) - 1;
+    for (uint64_t i = 0; i < samples; i++) {
+        uint64_t u = get_bytes(b + f->width * i, f);
+        if (f->kind == FMT_FLOAT) {
+            if (f->width == 4) {
+                uint32_t w = (uint32_t)u;
+                memcpy(&dst[i], &w, sizeof(float));
+            } else {
+                double d;
+                memcpy(&d, &u, sizeof d);
+                dst[i] = (float)d;
+            }
+            continue;
+        }
+        u &= mask;
+        int64_t v;
+        if (f->kind == FMT_UINT)
+            v = (int64_t)u - (int64_t)(1ull << (f->bits - 1));
+        else   /* sign-extend from the top significant bit */
+            v = (int64_t)(u << (64 - f->bits)) >> (64 - f->bits);
+        dst[i] = (float)((double)v * scale);
     }
 }
 
 /* x scaled to full scale `scale`, rounded to the nearest code, clipped to [lo, hi]; NaN -> 0 */
-static inline int64_t to_code(float x, float scale, int64_t lo, int64_t hi)
+static inline int64_t to_code(float x, double scale, int64_t lo, int64_t hi)
 {
-    float v = x * scale;
+    double v = (double)x * scale;
     if (!(v == v))
         return 0;
-    if (v >= (float)hi)
+    if (v >= (double)hi)
         return hi;
-    if (v <= (float)lo)
+    if (v <= (double)lo)
         return lo;
-    return (int64_t)lrintf(v);
+    return (int64_t)llrint(v);
 }
 
 /* float32 -> device bytes, clipped to full scale (+1.0 gives the largest code; NaN silence). */
 void cb_encode(uint32_t format, const float *src, char *dst, uint64_t samples)
 {
+    if (format == 0 || format >= N_FORMATS)
+        return;
+    const cb_format *f = &FORMATS[format];
     unsigned char *b = (unsigned char *)dst;
+    double scale = (double)(1ull << (f->bits - 1));
+    int64_t hi = (int64_t)(1ull << (f->bits - 1)) - 1;
+    int64_t lo = -hi - 1;
+    uint64_t mask = f->bits == 64 ? ~0ull : (1ull << f->bits) - 1;
     for (uint64_t i = 0; i < samples; i++) {
-        float v = src[i];
-        uint32_t u;
-        switch (format) {
-        case CB_FLOAT_LE:
-            v = !(v == v) ? 0.0f : v > 1.0f ? 1.0f : v < -1.0f ? -1.0f : v;
-            memcpy(&u, &v, sizeof u);
-            put_le(b + 4 * i, u, 4);
-            break;
-        case CB_S32_LE:
-            u = (uint32_t)(int32_t)to_code(v, 2147483648.0f, -2147483647 - 1, 2147483647);
-            put_le(b + 4 * i, u, 4);
-            break;
-        case CB_S24_3LE:
-            put_le(b + 3 * i, (uint32_t)(int32_t)to_code(v, 8388608.0f, -8388608, 8388607), 3);
-            break;
-        case CB_S16_LE:
-            put_le(b + 2 * i, (uint32_t)(int32_t)to_code(v, 32768.0f, -32768, 32767), 2);
-            break;
-        default:
-            return;
+        float x = src[i];
+        uint64_t u;
+        if (f->kind == FMT_FLOAT) {
+            x = !(x == x) ? 0.0f : x > 1.0f ? 1.0f : x < -1.0f ? -1.0f : x;
+            if (f->width == 4) {
+                uint32_t w;
+                memcpy(&w, &x, sizeof w);
+                u = w;
+            } else {
+                double d = x;
+                memcpy(&u, &d, sizeof u);
+            }
+        } else {
+            int64_t v = to_code(x, scale, lo, hi);
+            if (f->kind == FMT_UINT)
+                v += (int64_t)(1ull << (f->bits - 1));
+            u = (uint64_t)v & mask;
         }
+        put_bytes(b + f->width * i, u, f);
     }
 }
 

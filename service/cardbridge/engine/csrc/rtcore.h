@@ -114,6 +114,7 @@ int cb_src_bind(const char *module_path);
 int cb_side_open(cb_side *s, int converter);
 void cb_side_close(cb_side *s);
 const char *cb_src_strerror(int error);
+uint32_t cb_format_width(uint32_t format);
 void cb_decode(uint32_t format, const char *src, float *dst, uint64_t samples);
 void cb_encode(uint32_t format, const float *src, char *dst, uint64_t samples);
 int64_t cb_capture_period(cb_ring *ring, cb_side *s, const char *data, uint64_t nbytes,
