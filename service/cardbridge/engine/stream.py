@@ -28,6 +28,8 @@ from .sides import CaptureSide, Geometry, PlaybackSide, SideFailed, Xrun
 from .streamcontrol import StreamControl, StreamOutbox
 
 SYNC_SECONDS = 0.25       # DLL settling before the initial trim (USB cards need ~0.25 s)
+SILENT_PERIODS = 8        # a card that makes no period ready for this many periods ...
+SILENT_MIN_S = 0.5        # ... and at least this long has stopped: start the stream again
 
 
 class Resync(Exception):
@@ -171,25 +173,9 @@ class Stream:
         avail_min more, so on cards with a fine-grained pointer every call returns a little later
         than the last: waiting first and then transferring exactly one period keeps us on time.
         """
-        poller = self._pollers[side.direction]
-        pcm = side.pcm
-        while True:
-            events = poller.poll(1000)
-            if self.control.stop.is_set():
-                raise Resync("stopping")
-            if not events:
-                continue
-            try:
-                revents = pcm.polldescriptors_revents(events)
-            except alsaaudio.ALSAAudioError as exc:
-                raise classify(exc) from exc
-            if revents & select.POLLERR:
-                if pcm.state() == alsaaudio.PCM_STATE_XRUN:
-                    raise Xrun("capture overrun" if side.direction == "capture"
-                               else "playback underrun")
-                raise DeviceGone("the card reported an error on its descriptor")
-            if revents & ready_mask:
-                return
+        limit = max(SILENT_MIN_S, SILENT_PERIODS * self.geo.period / self.geo.fd)
+        wait_for_period(self._pollers[side.direction], side.pcm, side.direction, ready_mask,
+                        self.control.stop, limit)
 
     def _trim_rt(self) -> bool:
         """Remove the start-up error at once by moving our own ring positions."""
@@ -246,3 +232,31 @@ class Stream:
     @staticmethod
     def now() -> float:
         return time.monotonic()
+
+
+def wait_for_period(poller, pcm, direction: str, ready_mask: int, stop, limit: float) -> None:
+    """Poll the PCM's descriptors until it says `ready_mask`; an xrun, a card gone or told to
+    stop end the wait with the matching exception. A card that makes nothing ready for `limit`
+    seconds has stopped (a hung driver, or a PCM left in a state where its descriptors wake the
+    poll at once and the card never gets ready: without the limit the ALSA thread spun on it
+    at full CPU, the bridge in `syncing` for good): Resync, which starts the stream again."""
+    deadline = time.monotonic() + limit
+    while True:
+        events = poller.poll(min(1000, max(1, int(limit * 1000))))
+        if stop.is_set():
+            raise Resync("stopping")
+        if events:
+            try:
+                revents = pcm.polldescriptors_revents(events)
+            except alsaaudio.ALSAAudioError as exc:
+                raise classify(exc) from exc
+            if revents & select.POLLERR:
+                if pcm.state() == alsaaudio.PCM_STATE_XRUN:
+                    raise Xrun("capture overrun" if direction == "capture"
+                               else "playback underrun")
+                raise DeviceGone("the card reported an error on its descriptor")
+            if revents & ready_mask:
+                return
+        if time.monotonic() > deadline:
+            raise Resync(f"the card made no {direction} period ready for {limit * 1000:.0f} ms "
+                         f"(its state: {pcm.state()})")
