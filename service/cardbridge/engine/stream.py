@@ -238,8 +238,8 @@ def wait_for_period(poller, pcm, direction: str, ready_mask: int, stop, limit: f
     """Poll the PCM's descriptors until it says `ready_mask`; an xrun, a card gone or told to
     stop end the wait with the matching exception. A card that makes nothing ready for `limit`
     seconds has stopped (a hung driver, or a PCM left in a state where its descriptors wake the
-    poll at once and the card never gets ready: without the limit the ALSA thread spun on it
-    at full CPU, the bridge in `syncing` for good): Resync, which starts the stream again."""
+    poll at once and the card never gets ready, on which the loop would spin at full CPU with
+    the bridge in `syncing` for good): Resync, which starts the stream again."""
     deadline = time.monotonic() + limit
     while True:
         events = poller.poll(min(1000, max(1, int(limit * 1000))))
