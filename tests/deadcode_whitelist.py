@@ -22,3 +22,5 @@ _._watcher
 DeviceBusy, NotPermitted, Internal
 # Counted for the hotplug tests' child in a udev namespace (read through a script it runs).
 _.events_seen
+# logging reads its module flag `raiseExceptions` (the worker turns it off: engine/worker.py).
+_.raiseExceptions

@@ -186,7 +186,7 @@ def test_log_lines_carry_journald_priorities_when_stderr_is_the_journal(session_
 def test_worker_log_lines_carry_priorities_too(tmp_path):
     """A worker inherits the daemon's stderr and environment: when that is the journal, its
     lines carry their priority as the daemon's do (an xrun note is a warning), else the level."""
-    code = ("import logging; from cardbridge.engine import worker; "
+    code = ("import logging; from cardbridge.engine import worker; worker.setup_logging(); "
             "worker.log('capture overrun on hw:9', logging.WARNING); worker.log('ALSA thread ended', "
             "logging.ERROR); worker.log('started')")
     journal, plain = tmp_path / "journal.log", tmp_path / "plain.log"

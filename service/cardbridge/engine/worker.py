@@ -51,23 +51,18 @@ GC_EVERY = 30.0                   # seconds between the control thread's cycle c
 JACK_QUIET = 0.2                  # seconds without a process cycle: the server has stopped
 
 
-def log_line(message: str, level: int, journal: bool) -> str:
-    """One log line of this worker: `<N>name: message` for the journal, `name: LEVEL: message`
-    elsewhere (the main process's two formats)."""
-    name = f"cardbridge-worker[{os.getpid()}]"
-    if journal:
-        return f"<{logsetup.priority(level)}>{name}: {message}"
-    return f"{name}: {logging.getLevelName(level)}: {message}"
+LOG = logging.getLogger(f"cardbridge-worker[{os.getpid()}]")
+
+
+def setup_logging() -> None:
+    """This worker's lines in the main process's formats (logsetup.py: with the journald
+    priority when the inherited stderr is the journal); a broken stderr loses them quietly."""
+    logsetup.setup("info")
+    logging.raiseExceptions = False
 
 
 def log(message: str, level: int = logging.INFO) -> None:
-    try:
-        print(log_line(message, level, JOURNAL), file=sys.stderr, flush=True)
-    except (OSError, ValueError):
-        pass
-
-
-JOURNAL = logsetup.stream_is_journal()    # stderr is inherited from the main process
+    LOG.log(level, message)
 
 
 def emit(line: str) -> None:
@@ -283,6 +278,7 @@ class Worker:
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_logging()
     parser = argparse.ArgumentParser(prog="cardbridge-worker")
     parser.add_argument("--spec", required=True, help="bridge spec as JSON")
     parser.add_argument("--stats", required=True, help="path of the shared stats slot")
